@@ -1,0 +1,197 @@
+"""A population of N agents: each a model, an optimizer and a shard (an index tensor into one
+device-resident training set). Methods touch agents only through this class, so that a later backend
+can run all N agents in one batched call: training is lockstep (minibatch k of every agent, then an
+optional hook, e.g. a gossip step), evaluation runs every agent on each test batch, and weights move
+in and out as state dicts or as stacked (N, ...) tensors."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import DeviceData
+from .registry import ConfigError
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """An independent 63-bit seed for one stream (e.g. ("init", agent)) of a run seed."""
+    words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode(), "little") % 2**32 for k in keys]
+    return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Adam (the official merge-and-train optimizer, re-created every round) or SGD with momentum;
+    the learning rate is multiplied by `lr_decay` after every epoch."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0
+
+    def build(self, params, lr: float) -> torch.optim.Optimizer:
+        if self.name == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        raise ConfigError("optimizer", self.name, ", ".join(OPTIMIZERS))
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of the minibatches of an n-image epoch; a trailing batch of one image is dropped
+    (BatchNorm cannot train on it)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds.pop()
+    return bounds
+
+
+class Population:
+    """N agents sharing one training set and one test set on one device."""
+
+    def __init__(self, models: Sequence[nn.Module], shards: Sequence[np.ndarray], train: DeviceData,
+                 test: DeviceData, own_classes: Sequence[np.ndarray], optimizer: OptimizerSpec,
+                 batch_size: int, seed: int):
+        if len(models) != len(shards) or len(models) != len(own_classes):
+            raise ValueError(f"{len(models)} models, {len(shards)} shards, {len(own_classes)} class sets")
+        for i, shard in enumerate(shards):
+            if len(shard) < 2:
+                raise ConfigError("train_size", len(train), "a training set large enough that every agent "
+                                  f"holds >= 2 images (agent {i} holds {len(shard)})")
+        self.device = train.device
+        self.train, self.test = train, test
+        self.models = [m.to(self.device, memory_format=torch.channels_last) for m in models]
+        self.shards = [torch.as_tensor(np.asarray(s), dtype=torch.long, device=self.device) for s in shards]
+        self.own_test_masks = [torch.isin(test.labels, torch.as_tensor(np.asarray(c), device=self.device))
+                               for c in own_classes]
+        self.generators = [torch.Generator(self.device).manual_seed(derive_seed(seed, "data", i))
+                           for i in range(len(models))]
+        self.optimizer_spec = optimizer
+        self.batch_size = batch_size
+        self.epochs_done = 0
+        self.optimizers = [optimizer.build(m.parameters(), optimizer.lr) for m in self.models]
+        self._loss_sum = torch.zeros(self.n_agents, device=self.device)
+        self._correct = torch.zeros(self.n_agents, dtype=torch.long, device=self.device)
+        self._seen = [0] * self.n_agents
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.models)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next epoch (decayed once per finished epoch)."""
+        spec = self.optimizer_spec
+        return spec.lr * spec.lr_decay ** self.epochs_done
+
+    def reset_optimizers(self) -> None:
+        """Fresh optimizers at the current learning rate (the official merge methods do this every round)."""
+        self.optimizers = [self.optimizer_spec.build(m.parameters(), self.lr) for m in self.models]
+
+    def steps_per_epoch(self) -> list[int]:
+        return [len(batch_bounds(len(s), self.batch_size)) for s in self.shards]
+
+    def train_epoch(self, after_step: Callable[[int], None] | None = None) -> list[dict]:
+        """One local epoch for every agent on its own shard, in lockstep: step k of every agent that
+        still has a batch, then `after_step(k)`. Returns per agent: train_loss, train_acc (fractions),
+        train_images, seconds (wall time of the whole epoch)."""
+        start = time.perf_counter()
+        for model in self.models:
+            model.train()
+        lr = self.lr
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        orders = [shard[torch.randperm(len(shard), generator=g, device=self.device)]
+                  for shard, g in zip(self.shards, self.generators)]
+        bounds = [batch_bounds(len(order), self.batch_size) for order in orders]
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._seen = [0] * self.n_agents
+        for step in range(max(len(b) for b in bounds)):
+            for i in range(self.n_agents):
+                if step >= len(bounds[i]):
+                    continue
+                lo, hi = bounds[i][step]
+                images, labels = self.train.batch(orders[i][lo:hi], self.generators[i])
+                logits = self.models[i](images)
+                loss = F.cross_entropy(logits, labels)
+                self.optimizers[i].zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizers[i].step()
+                self._loss_sum[i] += loss.detach() * (hi - lo)
+                self._correct[i] += (logits.detach().argmax(1) == labels).sum()
+                self._seen[i] += hi - lo
+            if after_step is not None:
+                after_step(step)
+        self.epochs_done += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        losses, correct = self._loss_sum.tolist(), self._correct.tolist()
+        return [{"train_loss": losses[i] / self._seen[i], "train_acc": correct[i] / self._seen[i],
+                 "train_images": self._seen[i], "seconds": seconds} for i in range(self.n_agents)]
+
+    def running_accuracy(self) -> list[float]:
+        """Training accuracy of every agent so far in the current epoch (NaN before its first step)."""
+        correct = self._correct.tolist()
+        return [c / s if s else math.nan for c, s in zip(correct, self._seen)]
+
+    @torch.inference_mode()
+    def evaluate(self, batch_size: int | None = None) -> list[dict]:
+        """Every agent on the whole test set and on its own-class part of it. Returns per agent:
+        test_acc, test_loss, own_acc, own_loss (accuracies as fractions, losses as mean cross-entropy
+        in nats), own_images."""
+        if batch_size is None:  # small batches keep a CPU's caches warm; a GPU wants large ones
+            batch_size = 1000 if self.device.type == "cuda" else 100
+        for model in self.models:
+            model.eval()
+        n = len(self.test)
+        losses = torch.empty(self.n_agents, n, device=self.device)
+        correct = torch.empty(self.n_agents, n, dtype=torch.bool, device=self.device)
+        for start in range(0, n, batch_size):
+            index = torch.arange(start, min(start + batch_size, n), device=self.device)
+            images, labels = self.test.batch(index)
+            for i, model in enumerate(self.models):
+                logits = model(images)
+                losses[i, index] = F.cross_entropy(logits, labels, reduction="none")
+                correct[i, index] = logits.argmax(1) == labels
+        results = []
+        for i, mask in enumerate(self.own_test_masks):
+            own = int(mask.sum())
+            results.append({
+                "test_acc": correct[i].float().mean().item(), "test_loss": losses[i].mean().item(),
+                "own_acc": correct[i][mask].float().mean().item() if own else math.nan,
+                "own_loss": losses[i][mask].mean().item() if own else math.nan, "own_images": own,
+            })
+        return results
+
+    # --- weights in and out -----------------------------------------------------------------
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """A detached copy of every agent's state dict (parameters and BatchNorm buffers)."""
+        return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.models]
+
+    def load_state_dicts(self, states: Sequence[dict[str, torch.Tensor]]) -> None:
+        if len(states) != self.n_agents:
+            raise ValueError(f"got {len(states)} states for {self.n_agents} agents")
+        for model, state in zip(self.models, states):
+            model.load_state_dict(state)
+
+    def stacked_state(self) -> dict[str, torch.Tensor]:
+        """Every state-dict entry stacked over agents: name -> tensor of shape (N, *shape)."""
+        states = [m.state_dict() for m in self.models]
+        return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+    def load_stacked_state(self, stacked: dict[str, torch.Tensor]) -> None:
+        self.load_state_dicts([{k: v[i] for k, v in stacked.items()} for i in range(self.n_agents)])

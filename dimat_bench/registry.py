@@ -1,0 +1,55 @@
+"""A name -> factory registry, one per kind of plug-in (datasets, splits, topologies, models...)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """Bad user input: names the field, the bad value and what is allowed."""
+
+    def __init__(self, field: str, value, allowed: str, hint: str = ""):
+        self.field, self.value, self.allowed = field, value, allowed
+        message = f"{field}: got {value!r}; allowed: {allowed}"
+        if hint:
+            message += f". {hint}"
+        super().__init__(message)
+
+
+def did_you_mean(value: str, choices) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+class Registry(Generic[T]):
+    """Maps a name to a factory. `field` is the config key the name comes from (for error messages)."""
+
+    def __init__(self, field: str):
+        self.field = field
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise KeyError(f"{self.field} {name!r} is registered twice")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise ConfigError(self.field, name, ", ".join(self.names()), did_you_mean(name, self.names()))
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,154 @@
+"""Writing results safely and with provenance: atomic files, staged output directories, tidy CSVs
+that carry the run's metadata, and `meta.json` contents (config, code version, libraries, device)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from .registry import ConfigError
+
+CSV_META_PREFIX = "# dimat-bench meta: "
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step,
+    on failure it is removed, so `path` is either absent, the old file, or complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], columns: list[str], meta: Mapping | None = None) -> None:
+    """Tidy CSV; with `meta`, the first line is `# dimat-bench meta: {json}` (pandas: comment='#')."""
+    buffer = io.StringIO()
+    if meta is not None:
+        buffer.write(CSV_META_PREFIX + json.dumps(meta, sort_keys=False, default=str) + "\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def read_csv_meta(path: str | os.PathLike) -> dict | None:
+    """The metadata a CSV written by `write_csv` carries on its first line, or None."""
+    with open(path) as handle:
+        first = handle.readline()
+    return json.loads(first[len(CSV_META_PREFIX):]) if first.startswith(CSV_META_PREFIX) else None
+
+
+class StagedDirectory:
+    """An output directory that appears only when complete.
+
+    Construct it before any compute (it fails at once when `out` exists and `force` is off); write
+    into `.path` inside `with`; on success the staging directory is renamed to `out`, on error it
+    is deleted, so a crashed run leaves nothing that looks like a result."""
+
+    def __init__(self, out: str | os.PathLike, force: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not force and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise ConfigError("out", str(self.out), "a directory that does not exist yet or is empty",
+                              "Pass --force to replace it")
+        self.path = self.out.parent / f".partial-{self.out.name}-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir()
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+        os.replace(self.path, self.out)
+
+
+def code_version() -> dict:
+    """Package version and, when run from a git checkout, the commit and whether the tree is dirty."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    info = {"package": __version__, "commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10)
+            info["dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "scipy", "timm", "dimat-bench"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def device_description(device) -> dict:
+    import torch
+
+    device = torch.device(device)
+    info = {"device": str(device), "host": socket.gethostname(), "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def provenance(config: Mapping, device) -> dict:
+    """Everything a result file must carry: resolved config, code version, libraries, device."""
+    return {
+        "config": dict(config),
+        "code": code_version(),
+        "versions": library_versions(),
+        "device": device_description(device),
+        "command": sys.argv,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
