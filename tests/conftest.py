@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dimat_bench.data import load_dataset
+
+FIXTURES = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Committed real images: 500/200 CIFAR-10 and 200/100 CIFAR-100 train/test (see make_fixtures.py)."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def cifar10(data_dir):
+    return load_dataset("cifar10", data_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def cifar100(data_dir):
+    return load_dataset("cifar100", data_dir, download=False)
+
+
+@pytest.fixture
+def cifar10_arrays(cifar10) -> dict[str, np.ndarray]:
+    return {"x_train": cifar10.x_train, "y_train": cifar10.y_train, "x_test": cifar10.x_test,
+            "y_test": cifar10.y_test, "classes": cifar10.classes}

@@ -1,0 +1,130 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dimat_bench.data import device_datasets
+from dimat_bench.models import create_model
+from dimat_bench.population import OptimizerSpec, Population, batch_bounds, derive_seed
+from dimat_bench.splits import create_split
+
+
+def make_population(dataset, n_agents=3, split="iid", seed=0, optimizer=OptimizerSpec(), batch_size=50,
+                    train_index=None, augment=True):
+    train, test = device_datasets(dataset, "cpu", train_index=train_index, augment=augment)
+    labels = dataset.y_train if train_index is None else dataset.y_train[train_index]
+    parts = create_split(split, labels, 10, n_agents, seed=seed)
+    models = []
+    for i in range(n_agents):
+        torch.manual_seed(derive_seed(seed, "init", i))
+        models.append(create_model("resnet20", 10))
+    return Population(models, parts.shards, train, test, [parts.own_classes(i) for i in range(n_agents)],
+                      optimizer, batch_size, seed), parts
+
+
+def test_each_agent_trains_on_exactly_its_own_shard_once_per_epoch_in_lockstep(cifar10):
+    population, parts = make_population(cifar10, n_agents=3, split="dirichlet", batch_size=40)
+    agent_of = {id(g): i for i, g in enumerate(population.generators)}
+    seen, order = [[] for _ in range(3)], []
+    original = population.train.batch
+
+    def recording(index, generator=None):
+        agent = agent_of[id(generator)]
+        seen[agent].append(index.clone())
+        order.append(agent)
+        return original(index, generator)
+
+    population.train.batch = recording
+    steps = []
+    stats = population.train_epoch(after_step=steps.append)
+    expected_steps = [len(batch_bounds(len(s), 40)) for s in parts.shards]
+    assert steps == list(range(max(expected_steps)))
+    for i, shard in enumerate(parts.shards):
+        got = torch.cat(seen[i]).numpy()
+        dropped = len(shard) - len(got)
+        assert dropped in (0, 1) and set(got) <= set(shard) and len(set(got)) == len(got)
+        assert stats[i]["train_images"] == len(got)
+    # Lockstep: the first step visits agents 0, 1, 2 in order before anyone's second step.
+    assert order[:3] == [0, 1, 2]
+
+
+def test_same_seed_same_population_and_different_seed_differs(cifar10):
+    a, _ = make_population(cifar10, seed=5)
+    b, _ = make_population(cifar10, seed=5)
+    c, _ = make_population(cifar10, seed=6)
+    for p in (a, b, c):
+        p.train_epoch()
+    sa, sb, sc = a.stacked_state(), b.stacked_state(), c.stacked_state()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_agents_can_fit_their_shards(cifar10):
+    index = np.concatenate([np.flatnonzero(cifar10.y_train == c)[:8] for c in range(10)])
+    population, _ = make_population(cifar10, n_agents=2, split="noniid", train_index=np.sort(index),
+                                    batch_size=20, augment=False, optimizer=OptimizerSpec(lr=3e-3))
+    first = population.train_epoch()
+    for _ in range(14):
+        last = population.train_epoch()
+    for f, l in zip(first, last):
+        assert l["train_loss"] < 0.5 * f["train_loss"]
+        assert l["train_acc"] >= 0.9
+
+
+def test_evaluate_matches_a_hand_computation(cifar10):
+    population, parts = make_population(cifar10, n_agents=2, split="noniid")
+    population.train_epoch()
+    results = population.evaluate(batch_size=64)
+    test = population.test
+    x, y = test.batch(torch.arange(len(test)))
+    for i, model in enumerate(population.models):
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+        correct = (logits.argmax(1) == y).numpy()
+        own = np.isin(y.numpy(), parts.own_classes(i))
+        assert results[i]["test_acc"] == pytest.approx(correct.mean())
+        assert results[i]["own_acc"] == pytest.approx(correct[own].mean())
+        assert results[i]["own_images"] == own.sum() == 100
+        assert results[i]["test_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    for a, b in zip(results, population.evaluate(batch_size=200)):  # batch size changes nothing
+        assert (a["test_acc"], a["own_acc"]) == (b["test_acc"], b["own_acc"])
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+
+
+def test_sgd_learning_rate_decays_per_epoch_and_survives_optimizer_reset(cifar10):
+    spec = OptimizerSpec("sgd", lr=0.01, momentum=0.9, lr_decay=0.5)
+    population, _ = make_population(cifar10, n_agents=2, optimizer=spec)
+    population.train_epoch()
+    population.train_epoch()
+    assert population.lr == pytest.approx(0.0025)
+    population.reset_optimizers()
+    for opt in population.optimizers:
+        assert isinstance(opt, torch.optim.SGD)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.0025) and opt.param_groups[0]["momentum"] == 0.9
+        assert opt.state == {}, "a reset optimizer starts without momentum buffers"
+
+
+def test_stacked_state_round_trip_and_averaging(cifar10):
+    population, _ = make_population(cifar10, n_agents=3)
+    stacked = population.stacked_state()
+    assert stacked["conv1.weight"].shape == (3, 16, 3, 3, 3)
+    averaged = {k: v.float().mean(0, keepdim=True).expand_as(v).to(v.dtype) for k, v in stacked.items()}
+    population.load_stacked_state(averaged)
+    states = population.state_dicts()
+    for k in states[0]:
+        if states[0][k].is_floating_point():
+            assert torch.equal(states[0][k], states[2][k])
+
+
+def test_batch_bounds_drop_only_a_single_trailing_image():
+    assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(9, 4) == [(0, 4), (4, 8)]
+    assert batch_bounds(8, 4) == [(0, 4), (4, 8)]
+
+
+def test_running_accuracy_is_nan_before_training(cifar10):
+    population, _ = make_population(cifar10, n_agents=2)
+    assert all(math.isnan(a) for a in population.running_accuracy())
