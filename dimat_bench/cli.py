@@ -14,6 +14,7 @@ from .registry import ConfigError
 
 def build_parser() -> argparse.ArgumentParser:
     from .pretrain import PretrainConfig
+    from .run import RunConfig
 
     parser = argparse.ArgumentParser(prog="python -m dimat_bench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dimat-bench {__version__}")
@@ -27,6 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--force", action="store_true", help="replace an existing output directory")
     pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
     cfg.add_arguments(pretrain, PretrainConfig)
+
+    run = commands.add_parser("run", help="run one cell: a method on a topology from pretrained agents",
+                              description="Run one benchmark cell from a `pretrain` output directory. "
+                                          "Flags mirror the config keys; flags override --config.")
+    run.add_argument("--config", metavar="FILE", help="YAML/JSON file of config keys")
+    run.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
+    run.add_argument("--force", action="store_true", help="replace an existing output directory")
+    run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    cfg.add_arguments(run, RunConfig)
     return parser
 
 
@@ -38,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
             config = cfg.resolve(PretrainConfig, args)
             pretrain(config, args.out, force=args.force, progress=not args.quiet)
+        elif args.command == "run":
+            from .run import RunConfig, run_cell
+
+            config = cfg.resolve(RunConfig, args)
+            run_cell(config, args.out, force=args.force, progress=not args.quiet)
     except (ConfigError, DataError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

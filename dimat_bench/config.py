@@ -81,6 +81,8 @@ def _check_field(f: dataclasses.Field, value, tp) -> Any:
 def from_dict(cls, data: Mapping[str, Any]):
     """Build and validate a `cls` instance from a mapping; unknown keys are errors."""
     names = [f.name for f in dataclasses.fields(cls)]
+    if hasattr(cls, "with_preset"):  # a preset fills in keys that were not given explicitly
+        data = cls.with_preset(dict(data))
     for key in data:
         if key not in names:
             raise ConfigError(key, data[key], "known keys only: " + ", ".join(names),

@@ -101,10 +101,14 @@ class Population:
     def steps_per_epoch(self) -> list[int]:
         return [len(batch_bounds(len(s), self.batch_size)) for s in self.shards]
 
-    def train_epoch(self, after_step: Callable[[int], None] | None = None) -> list[dict]:
+    def train_epoch(self, after_step: Callable[[int], None] | None = None,
+                    update: Callable[[int, list[int]], None] | None = None) -> list[dict]:
         """One local epoch for every agent on its own shard, in lockstep: step k of every agent that
-        still has a batch, then `after_step(k)`. Returns per agent: train_loss, train_acc (fractions),
-        train_images, seconds (wall time of the whole epoch)."""
+        still has a batch, then `after_step(k)`. Each agent's optimizer applies its gradient, unless
+        `update(k, active_agents)` is given: then every agent's gradient is left in `.grad` and
+        `update` moves the weights (gossip methods), after which gradients are cleared.
+        Returns per agent: train_loss, train_acc (fractions), train_images, seconds (wall time of
+        the whole epoch)."""
         start = time.perf_counter()
         for model in self.models:
             model.train()
@@ -119,19 +123,23 @@ class Population:
         self._correct.zero_()
         self._seen = [0] * self.n_agents
         for step in range(max(len(b) for b in bounds)):
-            for i in range(self.n_agents):
-                if step >= len(bounds[i]):
-                    continue
+            active = [i for i in range(self.n_agents) if step < len(bounds[i])]
+            for i in active:
                 lo, hi = bounds[i][step]
                 images, labels = self.train.batch(orders[i][lo:hi], self.generators[i])
                 logits = self.models[i](images)
                 loss = F.cross_entropy(logits, labels)
-                self.optimizers[i].zero_grad(set_to_none=True)
+                self.models[i].zero_grad(set_to_none=True)
                 loss.backward()
-                self.optimizers[i].step()
+                if update is None:
+                    self.optimizers[i].step()
                 self._loss_sum[i] += loss.detach() * (hi - lo)
                 self._correct[i] += (logits.detach().argmax(1) == labels).sum()
                 self._seen[i] += hi - lo
+            if update is not None:
+                update(step, active)
+                for model in self.models:
+                    model.zero_grad(set_to_none=True)
             if after_step is not None:
                 after_step(step)
         self.epochs_done += 1
@@ -177,6 +185,29 @@ class Population:
         return results
 
     # --- weights in and out -----------------------------------------------------------------
+
+    def flat_parameters(self) -> torch.Tensor:
+        """Every agent's trainable parameters as one row: shape (N, P)."""
+        return torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in self.models])
+
+    def flat_gradients(self) -> torch.Tensor:
+        """Every agent's current gradients as one row (zeros where an agent has none): shape (N, P)."""
+        return torch.stack([torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                                       for p in m.parameters()]) for m in self.models])
+
+    @torch.no_grad()
+    def load_flat_parameters(self, flat: torch.Tensor) -> None:
+        """Inverse of flat_parameters; copies in place, so memory formats and optimizers stay valid."""
+        for model, row in zip(self.models, flat):
+            offset = 0
+            for p in model.parameters():
+                p.copy_(row[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def consensus_distance(self) -> float:
+        """mean_i ‖θ_i − θ̄‖² over trainable parameters."""
+        flat = self.flat_parameters().double()
+        return ((flat - flat.mean(0)) ** 2).sum(1).mean().item()
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """A detached copy of every agent's state dict (parameters and BatchNorm buffers)."""

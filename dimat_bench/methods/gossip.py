@@ -1,0 +1,96 @@
+"""Gossip methods (communication after every minibatch step): SGP, CDSGD, CDMSGD.
+
+Every agent computes its gradient at its current model; then, in one synchronous step, all agents
+update and mix. Only trainable parameters are mixed; BatchNorm buffers stay local."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import register
+from .base import Method, Timer, merge_epoch_stats
+
+
+class GossipMethod(Method):
+    family = "gossip"
+    defaults = {"optimizer": "sgd", "lr": 0.01, "lr_decay": 0.981, "momentum": 0.0, "reset_optimizer": False}
+    extra_elements = 0  # numbers sent besides the parameters (SGP's push-sum weight)
+
+    def __init__(self, context):
+        super().__init__(context)
+        population = self.population
+        self.matrix = self.communication_matrix()
+        self.mixing = torch.as_tensor(self.matrix, dtype=torch.float32, device=population.device)
+        elements = self.model_elements(population.models[0], buffers=False) + self.extra_elements
+        self.bytes_per_step = elements * 4 * self.out_degrees(self.matrix)
+
+    def communication_matrix(self) -> np.ndarray:
+        return self.topology.mixing_matrix
+
+    def train(self, epochs, after_step=None):
+        stats = [self.population.train_epoch(after_step=after_step, update=self._update) for _ in range(epochs)]
+        return merge_epoch_stats(stats)
+
+    def _update(self, step: int, active: list[int]) -> None:
+        with Timer(self):
+            population = self.population
+            params, grads = population.flat_parameters(), population.flat_gradients()
+            population.load_flat_parameters(self.step(params, grads, population.lr))
+            self.bytes_sent += self.bytes_per_step
+
+    def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float) -> torch.Tensor:
+        """New (N, P) parameters from the current ones and the gradients at them."""
+        raise NotImplementedError
+
+
+@register("cdsgd")
+class CDSGD(GossipMethod):
+    """Consensus-based distributed SGD (Jiang et al. 2017): x_i ← Σ_j Π_ij x_j − η g_i."""
+
+    def step(self, params, grads, lr):
+        return self.mixing @ params - lr * grads
+
+
+@register("cdmsgd")
+class CDMSGD(GossipMethod):
+    """CDSGD with Nesterov momentum μ: m ← μ m + g; x_i ← Σ_j Π_ij x_j − η (g + μ m)."""
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.momentum_buffer = None
+
+    def step(self, params, grads, lr):
+        mu = self.options.gossip_momentum
+        if self.momentum_buffer is None:
+            self.momentum_buffer = torch.zeros_like(grads)
+        self.momentum_buffer.mul_(mu).add_(grads)
+        return self.mixing @ params - lr * (grads + mu * self.momentum_buffer)
+
+
+@register("sgp")
+class SGP(GossipMethod):
+    """Stochastic gradient push (Assran et al. 2019), true push-sum. Agent i keeps x_i and a weight w_i;
+    its model holds the de-biased z_i = x_i / w_i, where gradients are taken:
+    x ← P (x − η g(z)), w ← P w, with P column-stochastic. When Π is column-stochastic P = Π (on a
+    symmetric doubly-stochastic Π the weights stay 1 and x_i ← Σ_j Π_ij (x_j − η g_j)); otherwise
+    each agent pushes equal shares to itself and its out-neighbours."""
+
+    extra_elements = 1
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.weights = torch.ones(self.population.n_agents, 1, dtype=torch.float64, device=self.population.device)
+
+    def communication_matrix(self):
+        matrix = self.topology.mixing_matrix
+        if np.allclose(matrix.sum(axis=0), 1.0):
+            return matrix
+        support = (matrix > 0).astype(np.float64)
+        return support / support.sum(axis=0, keepdims=True)
+
+    def step(self, params, grads, lr):
+        pushed = self.weights.float() * params - lr * grads  # x_i − η g(z_i), with x_i = w_i z_i
+        mixed = self.mixing @ pushed
+        self.weights = torch.as_tensor(self.matrix, dtype=torch.float64, device=self.weights.device) @ self.weights
+        return mixed / self.weights.float()

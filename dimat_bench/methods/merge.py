@@ -1,0 +1,116 @@
+"""Merge-and-train methods (one communication per round): WA, DIMAT, WM."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..matching import activation_permutations, reset_batchnorm, weight_permutations, weighted_sum
+from ..permutation import FeatureExtractor, permutation_spec
+from ..population import derive_seed
+from . import register
+from .base import Method, Timer
+
+
+class MergeMethod(Method):
+    """θ_i ← Σ_j Π_ij P_ij(θ_j), with P_ij = identity unless `align` says otherwise, then (optionally)
+    BatchNorm statistics recomputed on agent i's matching data."""
+
+    family = "merge"
+    bn_reset_default = False
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.bn_reset = self.options.bn_reset if self.options.bn_reset is not None else self.bn_reset_default
+        self.elements = self.model_elements(self.population.models[0], buffers=True)
+
+    def align(self, agent: int, neighbours: list[int], states: list[dict], round_index: int) -> list[dict]:
+        """Neighbours' states aligned to `agent` (identity here: plain weight averaging)."""
+        return [states[j] for j in neighbours]
+
+    def matching_batches(self, agent: int, round_index: int) -> Iterator[torch.Tensor]:
+        """Images agent `agent` matches and resets BatchNorm on: its shard (`local`) or the whole
+        training set (`global`), `match_samples` of them drawn afresh each round."""
+        population, options = self.population, self.options
+        pool = (population.shards[agent] if options.match_data == "local"
+                else torch.arange(len(population.train), device=population.device))
+        generator = torch.Generator(population.device).manual_seed(derive_seed(self.seed, "match", round_index, agent))
+        order = pool[torch.randperm(len(pool), generator=generator, device=population.device)]
+        if options.match_samples is not None:
+            order = order[:options.match_samples]
+        for lo in range(0, len(order), options.match_batch_size):
+            images, _ = population.train.batch(order[lo:lo + options.match_batch_size],
+                                               generator if options.match_augment else None)
+            yield images
+
+    def communicate(self, round_index: int) -> None:
+        with Timer(self):
+            population, matrix = self.population, self.topology.mixing_matrix
+            states = population.state_dicts()
+            merge_once = self.options.fc_merge_once and np.allclose(matrix, matrix[0])
+            agents = [0] if merge_once else range(population.n_agents)
+            merged = {}
+            for i in agents:
+                neighbours = [int(j) for j in self.topology.neighbours(i)]
+                aligned = self.align(i, neighbours, states, round_index)
+                weights = [matrix[i, i]] + [matrix[i, j] for j in neighbours]
+                merged[i] = weighted_sum([states[i]] + aligned, weights)
+            if merge_once:  # the authors' fc shortcut: agent 0 merges, everyone receives its result
+                population.load_state_dicts([merged[0]] * population.n_agents)
+                self.bytes_sent += self.elements * 4
+                self.bytes_sent[0] += self.elements * 4 * (population.n_agents - 2)
+            else:
+                population.load_state_dicts([merged[i] for i in range(population.n_agents)])
+                self.bytes_sent += self.elements * 4 * self.out_degrees(matrix)
+            if self.bn_reset:
+                for i, model in enumerate(population.models):
+                    if merge_once and i > 0:
+                        model.load_state_dict(population.models[0].state_dict())
+                        continue
+                    reset_batchnorm(model, self.matching_batches(i, round_index), self.options.bn_momentum_cumulative)
+
+
+@register("wa")
+class WeightAveraging(MergeMethod):
+    """WA: θ_i ← Σ_j Π_ij θ_j over all parameters and BatchNorm buffers."""
+
+
+@register("dimat")
+class DIMAT(MergeMethod):
+    """DIMAT: each neighbour aligned to agent i by activation matching on i's matching data."""
+
+    bn_reset_default = True
+
+    def __init__(self, context):
+        super().__init__(context)
+        models = self.population.models
+        self.spec = permutation_spec(models[0])
+        self.extractors = [FeatureExtractor(m, self.spec) for m in models]
+
+    def align(self, agent, neighbours, states, round_index):
+        if not neighbours:
+            return []
+        for model in self.population.models:
+            model.eval()
+        perms = activation_permutations(self.extractors[agent], [self.extractors[j] for j in neighbours],
+                                        self.matching_batches(agent, round_index), self.spec)
+        return [self.spec.apply(states[j], p) for j, p in zip(neighbours, perms)]
+
+
+@register("wm")
+class WeightMatching(MergeMethod):
+    """WM (git re-basin weight matching): each neighbour aligned to agent i from weights alone."""
+
+    bn_reset_default = True
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.spec = permutation_spec(self.population.models[0])
+
+    def align(self, agent, neighbours, states, round_index):
+        return [self.spec.apply(states[j], weight_permutations(
+                    states[agent], states[j], self.spec, self.options.wm_max_sweeps,
+                    seed=derive_seed(self.seed, "wm", round_index, agent, j)))
+                for j in neighbours]
