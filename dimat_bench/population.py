@@ -38,12 +38,14 @@ class OptimizerSpec:
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_decay: float = 1.0
+    nesterov: bool = False
 
     def build(self, params, lr: float) -> torch.optim.Optimizer:
         if self.name == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
         if self.name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                                   nesterov=self.nesterov and self.momentum > 0)
         raise ConfigError("optimizer", self.name, ", ".join(OPTIMIZERS))
 
 

@@ -124,7 +124,8 @@ def run_cell(config: RunConfig, out: str | Path, force: bool = False, progress: 
         method = create_method(resolved.method, MethodContext(population, topology, options, resolved.seed))
         rows: list[dict] = []
 
-        def record(round_index: int, phase: str, train_stats=None, seconds_train=0.0, seconds_comm=0.0) -> None:
+        def record(round_index: int, phase: str, train_stats=None, seconds_train=0.0, seconds_comm=0.0,
+                   lr=None) -> None:
             tick = time.perf_counter()
             evaluated = population.evaluate()
             consensus = population.consensus_distance()
@@ -135,7 +136,7 @@ def run_cell(config: RunConfig, out: str | Path, force: bool = False, progress: 
                              "test_loss": e["test_loss"], "own_acc": e["own_acc"], "own_loss": e["own_loss"],
                              "consensus_distance": consensus, "bytes_sent": int(method.bytes_sent[i]),
                              "train_loss": t.get("train_loss"), "train_acc": t.get("train_acc"),
-                             "lr": population.lr, "seconds_train": seconds_train,
+                             "lr": lr, "seconds_train": seconds_train,
                              "seconds_communicate": seconds_comm, "seconds_evaluate": seconds_eval})
             log(f"round {round_index:>3}/{resolved.rounds} {phase:<11} mean acc "
                 f"{np.mean([e['test_acc'] for e in evaluated]):6.2%}  consensus {consensus:.3g}", progress)
@@ -147,10 +148,10 @@ def run_cell(config: RunConfig, out: str | Path, force: bool = False, progress: 
                 method.communicate(r)
                 record(r, "after_merge", seconds_comm=method.communicate_seconds - comm_before)
                 comm_before = method.communicate_seconds
-            tick = time.perf_counter()
+            tick, lr = time.perf_counter(), population.lr
             stats = method.train(resolved.epochs_per_round)
             comm = method.communicate_seconds - comm_before
-            record(r, "after_train", stats, seconds_train=time.perf_counter() - tick - comm, seconds_comm=comm)
+            record(r, "after_train", stats, seconds_train=time.perf_counter() - tick - comm, seconds_comm=comm, lr=lr)
 
         meta["seconds"] = {"total": time.perf_counter() - started,
                            "train": sum(r["seconds_train"] for r in rows) / n_agents,

@@ -5,23 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dimat_bench.data import device_datasets
-from dimat_bench.models import create_model
-from dimat_bench.population import OptimizerSpec, Population, batch_bounds, derive_seed
-from dimat_bench.splits import create_split
-
-
-def make_population(dataset, n_agents=3, split="iid", seed=0, optimizer=OptimizerSpec(), batch_size=50,
-                    train_index=None, augment=True):
-    train, test = device_datasets(dataset, "cpu", train_index=train_index, augment=augment)
-    labels = dataset.y_train if train_index is None else dataset.y_train[train_index]
-    parts = create_split(split, labels, 10, n_agents, seed=seed)
-    models = []
-    for i in range(n_agents):
-        torch.manual_seed(derive_seed(seed, "init", i))
-        models.append(create_model("resnet20", 10))
-    return Population(models, parts.shards, train, test, [parts.own_classes(i) for i in range(n_agents)],
-                      optimizer, batch_size, seed), parts
+from dimat_bench.population import OptimizerSpec, batch_bounds
+from helpers import make_population
 
 
 def test_each_agent_trains_on_exactly_its_own_shard_once_per_epoch_in_lockstep(cifar10):

@@ -44,12 +44,17 @@ class GossipMethod(Method):
         raise NotImplementedError
 
 
+def cdsgd_step(mixing: torch.Tensor, params: torch.Tensor, grads: torch.Tensor, lr: float) -> torch.Tensor:
+    """x_i ← Σ_j Π_ij x_j − η g_i for every row i."""
+    return (mixing @ params).add_(grads, alpha=-lr)  # add_ with alpha rounds exactly as torch's SGD step
+
+
 @register("cdsgd")
 class CDSGD(GossipMethod):
     """Consensus-based distributed SGD (Jiang et al. 2017): x_i ← Σ_j Π_ij x_j − η g_i."""
 
     def step(self, params, grads, lr):
-        return self.mixing @ params - lr * grads
+        return cdsgd_step(self.mixing, params, grads, lr)
 
 
 @register("cdmsgd")
@@ -65,7 +70,7 @@ class CDMSGD(GossipMethod):
         if self.momentum_buffer is None:
             self.momentum_buffer = torch.zeros_like(grads)
         self.momentum_buffer.mul_(mu).add_(grads)
-        return self.mixing @ params - lr * (grads + mu * self.momentum_buffer)
+        return cdsgd_step(self.mixing, params, grads.add(self.momentum_buffer, alpha=mu), lr)
 
 
 @register("sgp")
@@ -80,7 +85,9 @@ class SGP(GossipMethod):
 
     def __init__(self, context):
         super().__init__(context)
-        self.weights = torch.ones(self.population.n_agents, 1, dtype=torch.float64, device=self.population.device)
+        device = self.population.device
+        self.weights = torch.ones(self.population.n_agents, 1, dtype=torch.float64, device=device)
+        self.push = torch.as_tensor(self.matrix, dtype=torch.float64, device=device)
 
     def communication_matrix(self):
         matrix = self.topology.mixing_matrix
@@ -90,7 +97,7 @@ class SGP(GossipMethod):
         return support / support.sum(axis=0, keepdims=True)
 
     def step(self, params, grads, lr):
-        pushed = self.weights.float() * params - lr * grads  # x_i − η g(z_i), with x_i = w_i z_i
+        pushed = (self.weights.float() * params).add_(grads, alpha=-lr)  # x_i − η g(z_i), x_i = w_i z_i
         mixed = self.mixing @ pushed
-        self.weights = torch.as_tensor(self.matrix, dtype=torch.float64, device=self.weights.device) @ self.weights
+        self.weights = self.push @ self.weights
         return mixed / self.weights.float()

@@ -54,6 +54,8 @@ class MergeMethod(Method):
             merged = {}
             for i in agents:
                 neighbours = [int(j) for j in self.topology.neighbours(i)]
+                if not neighbours:  # an isolated agent keeps its model as it is
+                    continue
                 aligned = self.align(i, neighbours, states, round_index)
                 weights = [matrix[i, i]] + [matrix[i, j] for j in neighbours]
                 merged[i] = weighted_sum([states[i]] + aligned, weights)
@@ -62,10 +64,12 @@ class MergeMethod(Method):
                 self.bytes_sent += self.elements * 4
                 self.bytes_sent[0] += self.elements * 4 * (population.n_agents - 2)
             else:
-                population.load_state_dicts([merged[i] for i in range(population.n_agents)])
+                population.load_state_dicts([merged.get(i, states[i]) for i in range(population.n_agents)])
                 self.bytes_sent += self.elements * 4 * self.out_degrees(matrix)
             if self.bn_reset:
                 for i, model in enumerate(population.models):
+                    if i not in merged and not merge_once:
+                        continue
                     if merge_once and i > 0:
                         model.load_state_dict(population.models[0].state_dict())
                         continue

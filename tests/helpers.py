@@ -1,0 +1,47 @@
+"""Builders shared by several test modules."""
+
+import numpy as np
+import torch
+
+from dimat_bench.data import device_datasets
+from dimat_bench.models import create_model
+from dimat_bench.population import OptimizerSpec, Population, derive_seed
+from dimat_bench.splits import create_split
+
+
+def make_population(dataset, n_agents=3, split="iid", seed=0, optimizer=OptimizerSpec(), batch_size=50,
+                    train_index=None, augment=True, models=None):
+    """A population of ResNet-20s (each from its own seeded init unless `models` is given)."""
+    train, test = device_datasets(dataset, "cpu", train_index=train_index, augment=augment)
+    labels = dataset.y_train if train_index is None else dataset.y_train[train_index]
+    parts = create_split(split, labels, 10, n_agents, seed=seed)
+    if models is None:
+        models = []
+        for i in range(n_agents):
+            torch.manual_seed(derive_seed(seed, "init", i))
+            models.append(create_model("resnet20", 10))
+    return Population(models, parts.shards, train, test, [parts.own_classes(i) for i in range(n_agents)],
+                      optimizer, batch_size, seed), parts
+
+
+def states_equal(a: dict, b: dict, atol: float = 0.0) -> bool:
+    return all(torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=atol) for k in a)
+
+
+def real_batches(dataset, count=200, batch=50):
+    """Normalised real training images in batches (no augmentation)."""
+    train, _ = device_datasets(dataset, "cpu", augment=False)
+    return [train.batch(torch.arange(i, i + batch))[0] for i in range(0, count, batch)]
+
+
+def random_permutations(spec, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(g.size, generator=generator) for g in spec.groups]
+
+
+def eval_images(dataset, count=64):
+    _, test = device_datasets(dataset, "cpu")
+    return test.batch(torch.arange(count))[0]
+
+
+__all__ = ["make_population", "states_equal", "real_batches", "random_permutations", "eval_images"]
