@@ -36,6 +36,8 @@ PRESETS = {
 class RunConfig:
     pretrained: str | None = cfg.option(None, "directory written by `pretrain` (required)")
     data_dir: str | None = cfg.option(None, "data cache folder (none = the one the pretraining used)")
+    test_size: int | None = cfg.option(None, "class-balanced test subset for evaluation (none = the pretraining's)",
+                                       min=1)
     method: str = cfg.option("dimat", "decentralized method", choices=METHODS.names)
     topology: str = cfg.option("ring", "communication graph", choices=GRAPHS.names)
     mixing: str = cfg.option("official", "mixing weights", choices=WEIGHTS.names)
@@ -96,8 +98,9 @@ def run_cell(config: RunConfig, out: str | Path, force: bool = False, progress: 
     if int(ckpt.train_index.max()) >= len(dataset.y_train):
         raise CheckpointError(f"{config.pretrained}: its shards index {int(ckpt.train_index.max()) + 1} training "
                               f"images but {dataset.path} holds {len(dataset.y_train)}; use the same data file")
-    test_index = (None if pre.get("test_size") is None
-                  else balanced_subset(dataset.y_test, pre["test_size"], dataset.info.num_classes, "test_size"))
+    test_size = config.test_size or pre.get("test_size")
+    test_index = (None if test_size is None
+                  else balanced_subset(dataset.y_test, test_size, dataset.info.num_classes, "test_size"))
     n_agents = len(ckpt.states)
     topology = create_topology(config.topology, n_agents, config.mixing)
     defaults = METHODS.get(config.method).defaults

@@ -28,3 +28,14 @@ def cifar100(data_dir):
 def cifar10_arrays(cifar10) -> dict[str, np.ndarray]:
     return {"x_train": cifar10.x_train, "y_train": cifar10.y_train, "x_test": cifar10.x_test,
             "y_test": cifar10.y_test, "classes": cifar10.classes}
+
+
+@pytest.fixture(scope="session")
+def pretrained5(tmp_path_factory, data_dir):
+    """5 ResNet-20 agents pretrained 1 epoch on the fixture (noniid, 100 images each), 50 test images."""
+    from dimat_bench.cli import main
+
+    out = tmp_path_factory.mktemp("cells") / "pretrained"
+    assert main(["pretrain", "--data-dir", str(data_dir), "--out", str(out), "--quiet", "--agents", "5",
+                 "--split", "noniid", "--epochs", "1", "--test-size", "50"]) == 0
+    return out
