@@ -9,6 +9,7 @@ from . import __version__
 from . import config as cfg
 from .checkpoint import CheckpointError
 from .data import DataError
+from .permutation import UnsupportedModel
 from .registry import ConfigError
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
             config = cfg.resolve(RunConfig, args)
             run_cell(config, args.out, force=args.force, progress=not args.quiet)
-    except (ConfigError, DataError, CheckpointError) as error:
+    except (ConfigError, DataError, CheckpointError, UnsupportedModel) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -123,12 +123,16 @@ def weighted_sum(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[fl
     return merged
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def reset_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], keep_cumulative: bool = False) -> None:
     """Recompute every BatchNorm's running mean/var as the exact average over `batches` (train-mode
     forward passes, momentum None). With `keep_cumulative` the layers keep momentum None afterwards,
     as the authors' code does; otherwise their momentum is restored."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = batchnorm_layers(model)
     if not layers:
         return
     momenta = [m.momentum for m in layers]

@@ -112,19 +112,20 @@ def run_cell(config: RunConfig, out: str | Path, force: bool = False, progress: 
     meta["topology"] = {"mixing_matrix": topology.mixing_matrix.tolist(), "spectral_gap": topology.spectral_gap}
 
     started = time.perf_counter()
+    train, test = device_datasets(dataset, device, ckpt.train_index, test_index,
+                                  pre.get("legacy_normalization", False), pre.get("augment", True))
+    optimizer = OptimizerSpec(resolved.optimizer, resolved.lr, resolved.momentum, resolved.weight_decay,
+                              resolved.lr_decay)
+    population = Population(ckpt.build_models(), ckpt.shards, train, test,
+                            [np.flatnonzero(c) for c in ckpt.class_counts], optimizer, resolved.batch_size,
+                            resolved.seed)
+    options = MethodOptions(resolved.match_data, resolved.match_samples, resolved.match_augment,
+                            1000 if device.type == "cuda" else 100, resolved.bn_reset,
+                            resolved.bn_momentum_cumulative, resolved.fc_merge_once, resolved.wm_max_sweeps,
+                            resolved.gossip_momentum, resolved.reset_optimizer)
+    # The method is built before the output directory: a model it cannot handle fails here, untrained.
+    method = create_method(resolved.method, MethodContext(population, topology, options, resolved.seed))
     with staged as workdir:
-        train, test = device_datasets(dataset, device, ckpt.train_index, test_index,
-                                      pre.get("legacy_normalization", False), pre.get("augment", True))
-        optimizer = OptimizerSpec(resolved.optimizer, resolved.lr, resolved.momentum, resolved.weight_decay,
-                                  resolved.lr_decay)
-        population = Population(ckpt.build_models(), ckpt.shards, train, test,
-                                [np.flatnonzero(c) for c in ckpt.class_counts], optimizer, resolved.batch_size,
-                                resolved.seed)
-        options = MethodOptions(resolved.match_data, resolved.match_samples, resolved.match_augment,
-                                1000 if device.type == "cuda" else 100, resolved.bn_reset,
-                                resolved.bn_momentum_cumulative, resolved.fc_merge_once, resolved.wm_max_sweeps,
-                                resolved.gossip_momentum, resolved.reset_optimizer)
-        method = create_method(resolved.method, MethodContext(population, topology, options, resolved.seed))
         rows: list[dict] = []
 
         def record(round_index: int, phase: str, train_stats=None, seconds_train=0.0, seconds_comm=0.0,

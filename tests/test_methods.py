@@ -7,7 +7,8 @@ import torch
 
 from dimat_bench import config as cfg
 from dimat_bench.cli import main
-from dimat_bench.matching import activation_permutations, reset_batchnorm, weight_permutations, weighted_sum
+from dimat_bench.matching import (activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations,
+                                  weighted_sum)
 from dimat_bench.methods import METHODS, MethodContext, MethodOptions, create_method
 from dimat_bench.methods.gossip import cdsgd_step
 from dimat_bench.models import create_model
@@ -18,7 +19,7 @@ from dimat_bench.run import RunConfig
 from dimat_bench.topology import Topology, create_topology
 from helpers import eval_images, make_population, random_permutations, real_batches, states_equal
 
-ARCHITECTURES = [("resnet20", 1), ("resnet20", 2), ("vgg16_bn", 1), ("resnet50", 1)]
+ARCHITECTURES = [("resnet20", 1), ("resnet20", 2), ("vgg16_bn", 1), ("resnet50", 1), ("timm:resnet10t", 1)]
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +233,12 @@ def test_official_preset_sets_the_authors_switches_and_explicit_keys_win():
 
 def test_fc_merge_once_gives_everyone_agent_zeros_merge(cifar10):
     population, _ = make_population(cifar10, n_agents=3)
-    method = method_for("dimat", population, create_topology("fc", 3), fc_merge_once=True, bn_reset=True)
+    method = method_for("dimat", population, create_topology("fc", 3), fc_merge_once=True, bn_reset=True,
+                        bn_momentum_cumulative=True)
     method.communicate(1)
     states = population.state_dicts()
     assert states_equal(states[0], states[1]) and states_equal(states[0], states[2])
+    assert all(m.momentum is None for model in population.models for m in batchnorm_layers(model))
     assert method.bytes_sent[0] == 2 * method.bytes_sent[1] == 2 * method.elements * 4
 
 
@@ -260,3 +263,18 @@ def test_run_fails_before_compute_on_a_missing_or_corrupt_pretrained_dir(tmp_pat
     assert main(["run", "--pretrained", str(broken), "--out", str(tmp_path / "o")]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_batchnorm_reset_is_the_exact_average_over_the_batches(batches):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    reset_batchnorm(model, batches)
+    with torch.no_grad():
+        first = [model.conv1(x) for x in batches]  # what bn1 normalises
+    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in first]).mean(0)
+    variances = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in first]).mean(0)
+    torch.testing.assert_close(model.bn1.running_mean, means, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.bn1.running_var, variances, rtol=1e-4, atol=1e-5)
+    assert model.bn1.momentum == 0.1 and model.bn1.num_batches_tracked.item() == len(batches)
+    reset_batchnorm(model, batches, keep_cumulative=True)
+    assert all(m.momentum is None for m in batchnorm_layers(model))

@@ -7,7 +7,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..matching import activation_permutations, reset_batchnorm, weight_permutations, weighted_sum
+from ..matching import (activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations,
+                        weighted_sum)
 from ..permutation import FeatureExtractor, permutation_spec
 from ..population import derive_seed
 from . import register
@@ -70,8 +71,10 @@ class MergeMethod(Method):
                 for i, model in enumerate(population.models):
                     if i not in merged and not merge_once:
                         continue
-                    if merge_once and i > 0:
+                    if merge_once and i > 0:  # receives agent 0's result, BN momentum setting included
                         model.load_state_dict(population.models[0].state_dict())
+                        for mine, theirs in zip(batchnorm_layers(model), batchnorm_layers(population.models[0])):
+                            mine.momentum = theirs.momentum
                         continue
                     reset_batchnorm(model, self.matching_batches(i, round_index), self.options.bn_momentum_cumulative)
 
