@@ -1,4 +1,8 @@
-"""Command line: `python -m dimat_bench <command> [flags | --config FILE]`."""
+"""Command line: `python -m dimat_bench <command> [flags | --config FILE]`.
+
+  pretrain  pretrain N agents, each from its own init on its own shard
+  run       run one benchmark cell (a method on a topology) from a pretraining output
+"""
 
 from __future__ import annotations
 
@@ -13,47 +17,39 @@ from .permutation import UnsupportedModel
 from .registry import ConfigError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .pretrain import PretrainConfig
-    from .run import RunConfig
+def _commands():
+    """name -> (config class, entry point, one-line help). Imported lazily: --help stays fast."""
+    from .pretrain import PretrainConfig, pretrain
+    from .run import RunConfig, run_cell
 
-    parser = argparse.ArgumentParser(prog="python -m dimat_bench", description=__doc__)
+    return {
+        "pretrain": (PretrainConfig, pretrain, "pretrain N agents, each from its own init on its own shard"),
+        "run": (RunConfig, run_cell, "run one cell: a method on a topology, from a pretrain output directory"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dimat_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dimat-bench {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    pretrain = commands.add_parser("pretrain", help="pretrain N agents, each on its own shard",
-                                   description="Pretrain N agents, each from its own init on its own shard. "
-                                               "Flags mirror the config keys; flags override --config.")
-    pretrain.add_argument("--config", metavar="FILE", help="YAML/JSON file of config keys")
-    pretrain.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
-    pretrain.add_argument("--force", action="store_true", help="replace an existing output directory")
-    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
-    cfg.add_arguments(pretrain, PretrainConfig)
-
-    run = commands.add_parser("run", help="run one cell: a method on a topology from pretrained agents",
-                              description="Run one benchmark cell from a `pretrain` output directory. "
-                                          "Flags mirror the config keys; flags override --config.")
-    run.add_argument("--config", metavar="FILE", help="YAML/JSON file of config keys")
-    run.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
-    run.add_argument("--force", action="store_true", help="replace an existing output directory")
-    run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
-    cfg.add_arguments(run, RunConfig)
+    for name, (config_class, _, help_text) in _commands().items():
+        command = commands.add_parser(name, help=help_text,
+                                      description=f"{help_text[0].upper()}{help_text[1:]}. "
+                                                  "Flags mirror the config keys; flags override --config.")
+        command.add_argument("--config", metavar="FILE", help="YAML/JSON file of config keys")
+        command.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
+        command.add_argument("--force", action="store_true", help="replace an existing output directory")
+        command.add_argument("--quiet", action="store_true", help="no progress output")
+        cfg.add_arguments(command, config_class)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config_class, entry_point, _ = _commands()[args.command]
     try:
-        if args.command == "pretrain":
-            from .pretrain import PretrainConfig, pretrain
-
-            config = cfg.resolve(PretrainConfig, args)
-            pretrain(config, args.out, force=args.force, progress=not args.quiet)
-        elif args.command == "run":
-            from .run import RunConfig, run_cell
-
-            config = cfg.resolve(RunConfig, args)
-            run_cell(config, args.out, force=args.force, progress=not args.quiet)
+        entry_point(cfg.resolve(config_class, args), args.out, force=args.force, progress=not args.quiet)
     except (ConfigError, DataError, CheckpointError, UnsupportedModel) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
