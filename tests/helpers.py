@@ -1,6 +1,5 @@
 """Builders shared by several test modules."""
 
-import numpy as np
 import torch
 
 from dimat_bench.data import device_datasets

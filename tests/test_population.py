@@ -53,9 +53,9 @@ def test_agents_can_fit_their_shards(cifar10):
     first = population.train_epoch()
     for _ in range(14):
         last = population.train_epoch()
-    for f, l in zip(first, last):
-        assert l["train_loss"] < 0.5 * f["train_loss"]
-        assert l["train_acc"] >= 0.9
+    for before, after in zip(first, last):
+        assert after["train_loss"] < 0.5 * before["train_loss"]
+        assert after["train_acc"] >= 0.9
 
 
 def test_evaluate_matches_a_hand_computation(cifar10):
