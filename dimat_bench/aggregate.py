@@ -89,6 +89,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def to_latex(table: pd.DataFrame) -> str:
     wide = _formatted(table, lambda s: r"\textbf{" + s + "}").map(lambda s: s.replace("±", r"$\pm$"))
+    wide.columns = [c.replace("×", r"$\times$") for c in wide.columns]
     columns = "l" + "c" * len(wide.columns)
     lines = [r"\begin{tabular}{" + columns + "}", r"\toprule",
              "method & " + " & ".join(c.replace("_", r"\_") for c in wide.columns) + r" \\", r"\midrule"]

@@ -1,0 +1,111 @@
+"""The Snakemake workflow: a tiny grid end to end, and the static checks that stand in for
+`--use-conda` (this machine has no conda)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline")
+    shutil.copy(ROOT / "tests" / "pipeline.yaml", work / "config.yaml")
+    result = snakemake("--cores", "2", "--configfile", "config.yaml", "--config",
+                       f"data_dir={ROOT / 'tests' / 'data'}", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(tiny_run):
+    grid = yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())["grid"]
+    methods = {m for row in grid for m in row["methods"]}
+    table = pd.read_csv(tiny_run / "results" / "tables" / "main.csv")
+    assert set(table["method"]) == methods
+    markdown = (tiny_run / "results" / "tables" / "main.md").read_text()
+    assert all(f"| {m} |" in markdown for m in methods)
+    figures = [p for p in (tiny_run / "figures").iterdir() if not p.name.startswith(".")]
+    assert {p.suffix for p in figures} == {".png", ".pdf"}
+    assert all(p.stat().st_size > 1000 for p in figures)
+
+
+def test_a_second_run_has_nothing_to_do(tiny_run):
+    result = snakemake("-n", "--configfile", "config.yaml", "--config", f"data_dir={ROOT / 'tests' / 'data'}",
+                       cwd=tiny_run)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def bad_grid(**changes):
+    row = {"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 2, "split": "iid", "topology": "fc",
+           "methods": ["wa"], "seeds": [0]}
+    return {"grid": [{**row, **changes}]}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"run": {"rounds": -1}}, "rounds: got -1; allowed: a number >= 1"),
+    (bad_grid(dataset="mnist"), "dataset: got 'mnist'"),
+    (bad_grid(methods=["fedavg"]), "method: got 'fedavg'"),
+    (bad_grid(topology="star"), "topology: got 'star'"),
+    (bad_grid(agents=1), "agents"),
+    ({"grid": []}, "grid"),
+])
+def test_bad_configs_fail_at_validation_before_any_job(change, message, tmp_path):
+    config = {**yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text()), **change}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", "config.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def rule_blocks():
+    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=rule )", path.read_text()):
+            if block.startswith("rule ") or "\nrule " in block:
+                yield path.name, block
+
+
+def test_every_rule_that_runs_code_names_a_pinned_conda_env():
+    blocks = list(rule_blocks())
+    assert len(blocks) >= 4
+    for name, block in blocks:
+        if re.search(r"\n\s+(shell|script):", block):
+            env = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", block)
+            assert env, f"{name}: a rule that runs code needs conda:"
+            assert (ROOT / "workflow" / "rules" / env.group(1)).resolve().is_file()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflow" / "envs").glob("*.yaml")) + [ROOT / "environment.yml"],
+                         ids=lambda p: p.name)
+def test_env_files_parse_and_pin_every_version(path):
+    env = yaml.safe_load(path.read_text())
+    packages = []
+    for dep in env["dependencies"]:
+        packages += dep["pip"] if isinstance(dep, dict) else [dep]
+    for package in packages:
+        if package.startswith("-e "):
+            continue
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+(==|=)[0-9][0-9A-Za-z.*]*", package), f"{path.name}: {package} is not pinned"
+
+
+def test_engine_env_asks_for_the_cuda_build_of_pytorch():
+    # PyPI's Linux x86_64 wheels of torch are the CUDA builds; a CPU build would need the cpu index,
+    # a "+cpu" version or conda's cpuonly.
+    text = (ROOT / "workflow" / "envs" / "engine.yaml").read_text()
+    assert "torch==2.14.1" in text
+    assert not re.search(r"cpuonly|\+cpu|whl/cpu", text)

@@ -1,0 +1,19 @@
+rule cell:
+    """One method on one topology, from the shared pretrained agents."""
+    input:
+        PRETRAIN_DIR,
+    output:
+        directory(CELL_DIR),
+    log:
+        f"{CELL_DIR}.log",
+    params:
+        flags=flags(config["run"]),
+        data_dir=config["data_dir"],
+    resources:
+        gpu=1,
+    conda:
+        "../envs/engine.yaml"
+    shell:
+        "python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
+        "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {params.data_dir} {params.flags} "
+        "--out {output} --quiet > {log} 2>&1"

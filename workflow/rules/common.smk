@@ -1,0 +1,71 @@
+import itertools
+
+import pandas as pd
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results_dir"]
+PRETRAIN_DIR = f"{RESULTS}/pretrain/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}"
+CELL_DIR = f"{RESULTS}/cells/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}/{{topology}}/{{method}}"
+
+wildcard_constraints:
+    dataset="[a-z0-9]+",
+    model="[A-Za-z0-9_:.]+",
+    width="[0-9]+",
+    agents="[0-9]+",
+    split="[a-z]+",
+    seed="[0-9]+",
+    topology="[a-z_]+",
+    method="[a-z0-9_]+",
+
+
+def grid_table(config) -> pd.DataFrame:
+    """One row per cell: every grid row expanded over its methods and seeds, then filtered."""
+    rows = []
+    for entry in config["grid"]:
+        for method, seed in itertools.product(entry["methods"], entry["seeds"]):
+            rows.append({k: entry[k] for k in ("dataset", "model", "width", "agents", "split", "topology")}
+                        | {"method": method, "seed": seed})
+    table = pd.DataFrame(rows).drop_duplicates()
+    for key, allowed in config.get("only", {}).items():
+        table = table[table[key].isin(allowed)]
+    return table.reset_index(drop=True)
+
+
+CELLS = grid_table(config)
+
+
+def cell_dirs():
+    return [CELL_DIR.format(**row) for row in CELLS.to_dict("records")]
+
+
+def flags(options: dict) -> str:
+    """Config keys -> command-line flags of the engine (`train_size: 100` -> `--train-size 100`)."""
+    out = []
+    for key, value in options.items():
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(f"--{name}" if value else f"--no-{name}")
+        elif value is None:
+            out.append(f"--{name} none")
+        else:
+            out.append(f"--{name} {value}")
+    return " ".join(out)
+
+
+def check_grid(config, cells: pd.DataFrame) -> None:
+    """Every name and every engine key resolves before any job: the engine's own strict configs."""
+    from dimat_bench import config as engine_config
+    from dimat_bench.pretrain import PretrainConfig
+    from dimat_bench.run import RunConfig
+
+    for row in cells.to_dict("records"):
+        pre = {k: row[k] for k in ("dataset", "model", "width", "agents", "split", "seed")}
+        engine_config.from_dict(PretrainConfig, {**config["pretrain"], **pre, "data_dir": config["data_dir"]})
+        engine_config.from_dict(RunConfig, {**config["run"], "pretrained": "-", "method": row["method"],
+                                            "topology": row["topology"], "seed": row["seed"]})
+
+
+check_grid(config, CELLS)

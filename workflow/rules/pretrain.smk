@@ -1,0 +1,17 @@
+rule pretrain:
+    """Pretrain the N agents of one dataset/model/N/split/seed; shared by every method and topology."""
+    output:
+        directory(PRETRAIN_DIR),
+    log:
+        f"{PRETRAIN_DIR}.log",
+    params:
+        flags=flags(config["pretrain"]),
+        data_dir=config["data_dir"],
+    resources:
+        gpu=1,
+    conda:
+        "../envs/engine.yaml"
+    shell:
+        "python -m dimat_bench pretrain --dataset {wildcards.dataset} --model {wildcards.model} "
+        "--width {wildcards.width} --agents {wildcards.agents} --split {wildcards.split} "
+        "--seed {wildcards.seed} --data-dir {params.data_dir} {params.flags} --out {output} --quiet > {log} 2>&1"
