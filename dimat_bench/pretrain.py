@@ -17,6 +17,7 @@ import torch
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, save_agents
 from .data import DATASETS, balanced_subset, device_datasets, load_dataset
+from .devices import auto_device
 from .models import check_model_name, create_model
 from .population import OPTIMIZERS, OptimizerSpec, Population, derive_seed
 from .registry import ConfigError
@@ -41,7 +42,7 @@ def check_device(value: str) -> None:
 
 def resolve_device(value: str) -> torch.device:
     if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return auto_device()
     return torch.device(value)
 
 

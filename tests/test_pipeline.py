@@ -109,3 +109,17 @@ def test_engine_env_asks_for_the_cuda_build_of_pytorch():
     text = (ROOT / "workflow" / "envs" / "engine.yaml").read_text()
     assert "torch==2.14.1" in text
     assert not re.search(r"cpuonly|\+cpu|whl/cpu", text)
+
+
+def test_the_default_profile_plans_the_paper_grid():
+    result = snakemake("-n", "--profile", "profiles/default", cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"cell\s+500", result.stdout) and re.search(r"pretrain\s+60", result.stdout)
+
+
+def test_the_report_registers_the_table_and_the_figures(tiny_run):
+    result = snakemake("--report", "report.html", "--configfile", "config.yaml", "--config",
+                       f"data_dir={ROOT / 'tests' / 'data'}", cwd=tiny_run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = (tiny_run / "report.html").read_text(errors="replace")
+    assert "main.md" in html and "accuracy_cifar10_resnet20_1_2_noniid_fc.png" in html

@@ -7,8 +7,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..matching import (activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations,
-                        weighted_sum)
+from ..matching import activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations, weighted_sum
 from ..permutation import FeatureExtractor, permutation_spec
 from ..population import derive_seed
 from . import register
