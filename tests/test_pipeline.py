@@ -42,6 +42,8 @@ def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(ti
     figures = [p for p in (tiny_run / "figures").iterdir() if not p.name.startswith(".")]
     assert {p.suffix for p in figures} == {".png", ".pdf"}
     assert all(p.stat().st_size > 1000 for p in figures)
+    names = {p.stem for p in figures}
+    assert names == {"accuracy_cifar10_resnet20_1_2_noniid_fc", "class_counts_cifar10_resnet20_1_2_noniid_seed0"}
 
 
 def test_a_second_run_has_nothing_to_do(tiny_run):

@@ -41,6 +41,10 @@ def cell_dirs():
     return [CELL_DIR.format(**row) for row in CELLS.to_dict("records")]
 
 
+def pretrain_dirs():
+    return sorted({PRETRAIN_DIR.format(**row) for row in CELLS.to_dict("records")})
+
+
 def flags(options: dict) -> str:
     """Config keys -> command-line flags of the engine (`train_size: 100` -> `--train-size 100`)."""
     out = []

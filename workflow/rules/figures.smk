@@ -1,9 +1,10 @@
 rule figures:
-    """Accuracy against round per setting, from the stored cells only."""
+    """Accuracy against round per setting and each split's class counts, from stored results only."""
     input:
-        cell_dirs(),
+        cells=cell_dirs(),
+        pretrained=pretrain_dirs(),
     output:
-        report(directory(config["figures_dir"]), patterns=["{name}.png"], caption="../report/accuracy.rst",
+        report(directory(config["figures_dir"]), patterns=["{name}.png"], caption="../report/figures.rst",
                category="Figures"),
     log:
         f"{config['figures_dir']}.log",

@@ -2,8 +2,19 @@
 # ruff: noqa: F821
 import sys
 
+import json
+from pathlib import Path
+
+import pandas as pd
+
 from dimat_bench.aggregate import collect_cells
-from dimat_bench.figures import accuracy_curves
+from dimat_bench.figures import accuracy_curves, class_counts
 
 sys.stderr = open(snakemake.log[0], "w")
-accuracy_curves(collect_cells(snakemake.input), snakemake.output[0])
+out = Path(snakemake.output[0])
+accuracy_curves(collect_cells(snakemake.input.cells), out)
+for pretrained in snakemake.input.pretrained:
+    pre = json.loads((Path(pretrained) / "meta.json").read_text())["config"]
+    name = "class_counts_{dataset}_{model}_{width}_{agents}_{split}_seed{seed}".format(**pre)
+    title = "{dataset} {split}, {agents} agents, seed {seed}".format(**pre)
+    class_counts(pd.read_csv(Path(pretrained) / "class_counts.csv", comment="#"), title, out / name)
