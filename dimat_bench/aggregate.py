@@ -26,13 +26,18 @@ def cell_settings(meta: dict) -> dict:
 
 def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """Every cell's metrics rows, with the cell's settings as columns (one tidy table)."""
-    frames = []
+    frames, seen = [], {}
     for directory in cell_dirs:
         directory = Path(directory)
         meta = json.loads((directory / "meta.json").read_text())
+        settings = cell_settings(meta)
+        key = tuple(settings[k] for k in CELL_KEYS)
+        if key in seen:  # two runs of one cell would be averaged as if they were one
+            raise ValueError(f"{seen[key]} and {directory} are the same cell {dict(zip(CELL_KEYS, key))}")
+        seen[key] = directory
         frame = pd.read_csv(directory / "metrics.csv", comment="#")
-        for key, value in cell_settings(meta).items():
-            frame.insert(len(frame.columns), key, value)
+        for column, value in settings.items():
+            frame.insert(len(frame.columns), column, value)
         frames.append(frame)
     if not frames:
         raise ValueError("no cell directories given")

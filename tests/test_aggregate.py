@@ -57,3 +57,8 @@ def test_figures_are_written_as_png_and_pdf(cells, tmp_path, pretrained5):
     written += class_counts(counts, "noniid, 5 agents", tmp_path / "figures" / "class_counts")
     for path in written:
         assert path.stat().st_size > 1000
+
+
+def test_the_same_cell_twice_is_an_error_not_an_average(cells):
+    with pytest.raises(ValueError, match="are the same cell"):
+        collect_cells([cells[0], cells[0]])

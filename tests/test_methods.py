@@ -278,3 +278,14 @@ def test_batchnorm_reset_is_the_exact_average_over_the_batches(batches):
     assert model.bn1.momentum == 0.1 and model.bn1.num_batches_tracked.item() == len(batches)
     reset_batchnorm(model, batches, keep_cumulative=True)
     assert all(m.momentum is None for m in batchnorm_layers(model))
+
+
+def test_feature_extractor_follows_the_models_current_weights(cifar10):
+    """Extractors are built once per run; they must see every later load_state_dict."""
+    model = create_model("resnet20", 10).eval()
+    extractor = FeatureExtractor(model, permutation_spec(model))
+    torch.manual_seed(5)
+    model.load_state_dict(create_model("resnet20", 10).state_dict())
+    x = eval_images(cifar10, count=8)
+    with torch.no_grad():
+        assert torch.equal(extractor(x)[0], model(x))
