@@ -5,11 +5,15 @@ LaTeX. Needs pandas; reads only files, so tables rebuild without retraining."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+
+from .results import CSV_META_PREFIX, atomic_path, code_version, library_versions
 
 # What identifies a cell: the pretraining's settings, then the run's.
 SETTING_KEYS = ["dataset", "model", "width", "agents", "split", "topology"]
@@ -84,12 +88,15 @@ def _formatted(table: pd.DataFrame, bold) -> pd.DataFrame:
     return wide.fillna("–")
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A plain Markdown table of every column of `frame` (the index is left out)."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    wide = _formatted(table, lambda s: f"**{s}**")
-    header = "| method | " + " | ".join(wide.columns) + " |"
-    rule = "| --- |" + " --- |" * len(wide.columns)
-    lines = [f"| {method} | " + " | ".join(row) + " |" for method, row in wide.iterrows()]
-    return "\n".join([header, rule, *lines]) + "\n"
+    return markdown_table(_formatted(table, lambda s: f"**{s}**").reset_index())
 
 
 def to_latex(table: pd.DataFrame) -> str:
@@ -101,3 +108,34 @@ def to_latex(table: pd.DataFrame) -> str:
     lines += [method.replace("_", r"\_") + " & " + " & ".join(row) + r" \\" for method, row in wide.iterrows()]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+def table_meta(config: dict, cell_dirs: Iterable[str | Path] = ()) -> dict:
+    """What every table carries: the pipeline config, this code's version, the library versions, and
+    each cell's path with the code version that computed it."""
+    versions = library_versions()
+    for package in ("pandas", "matplotlib", "snakemake"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    cells = [{"path": str(d), "code": json.loads((Path(d) / "meta.json").read_text()).get("code")} for d in cell_dirs]
+    return {"config": config, "code": code_version(), "versions": versions, "cells": cells,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_table(text_or_frame: str | pd.DataFrame, path: str | Path, meta: dict) -> None:
+    """A table with its provenance on the first line, as a comment of the file's format: CSV (read it
+    with pandas' `comment="#"`), Markdown (an HTML comment) or LaTeX."""
+    line = json.dumps(meta, default=str)
+    suffix = Path(path).suffix
+    if isinstance(text_or_frame, pd.DataFrame):
+        text = CSV_META_PREFIX + line + "\n" + text_or_frame.to_csv(index=False)
+    elif suffix == ".md":
+        text = f"<!-- dimat-bench meta: {line.replace('--', '- -')} -->\n" + text_or_frame
+    elif suffix == ".tex":
+        text = f"% dimat-bench meta: {line}\n" + text_or_frame
+    else:
+        raise ValueError(f"{path}: tables are .csv, .md or .tex")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

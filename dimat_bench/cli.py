@@ -1,5 +1,6 @@
 """Command line: `python -m dimat_bench <command> [flags | --config FILE]`.
 
+  data      cache a dataset (download when absent), validate it, write a manifest
   pretrain  pretrain N agents, each from its own init on its own shard
   run       run one benchmark cell (a method on a topology) from a pretraining output
 """
@@ -19,10 +20,12 @@ from .registry import ConfigError
 
 def _commands():
     """name -> (config class, entry point, one-line help). Imported lazily: --help stays fast."""
+    from .prepare import DataConfig, prepare_data
     from .pretrain import PretrainConfig, pretrain
     from .run import RunConfig, run_cell
 
     return {
+        "data": (DataConfig, prepare_data, "cache a dataset (download when absent), validate it, write a manifest"),
         "pretrain": (PretrainConfig, pretrain, "pretrain N agents, each from its own init on its own shard"),
         "run": (RunConfig, run_cell, "run one cell: a method on a topology, from a pretrain output directory"),
     }
@@ -38,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       description=f"{help_text[0].upper()}{help_text[1:]}. "
                                                   "Flags mirror the config keys; flags override --config.")
         command.add_argument("--config", metavar="FILE", help="YAML/JSON file of config keys")
-        command.add_argument("--out", required=True, help="output directory (must not exist, unless --force)")
-        command.add_argument("--force", action="store_true", help="replace an existing output directory")
+        what = "manifest file" if name == "data" else "directory"
+        command.add_argument("--out", required=True, help=f"output {what} (must not exist, unless --force)")
+        command.add_argument("--force", action="store_true", help=f"replace an existing output {what}")
         command.add_argument("--quiet", action="store_true", help="no progress output")
         cfg.add_arguments(command, config_class)
     return parser

@@ -43,6 +43,7 @@ class DatasetInfo:
     legacy_mean: tuple[float, float, float]
     legacy_std: tuple[float, float, float]
     download: Callable[[Path], dict[str, np.ndarray]]
+    train_images: int  # size of the full training set (what a download holds)
     file_aliases: tuple[str, ...] = ()  # other accepted cache file names in the data directory
 
     def stats(self, legacy: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -122,16 +123,16 @@ def _download_tinyimagenet(workdir: Path) -> dict[str, np.ndarray]:
 _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 DATASETS.register("cifar10")(
     DatasetInfo("cifar10", 10, 32, _CIFAR10_MEAN, (0.2470, 0.2435, 0.2616), 4,
-                _CIFAR10_MEAN, (0.2470, 0.2435, 0.2616), _download_cifar("CIFAR10"))
+                _CIFAR10_MEAN, (0.2470, 0.2435, 0.2616), _download_cifar("CIFAR10"), 50_000)
 )
 DATASETS.register("cifar100")(
     DatasetInfo("cifar100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4,
-                _CIFAR10_MEAN, (0.2023, 0.1994, 0.2010), _download_cifar("CIFAR100"))
+                _CIFAR10_MEAN, (0.2023, 0.1994, 0.2010), _download_cifar("CIFAR100"), 50_000)
 )
 DATASETS.register("tinyimagenet")(
     DatasetInfo("tinyimagenet", 200, 64, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 0,
                 (0.485 / 255, 0.456 / 255, 0.406 / 255), (0.229 / 255, 0.224 / 255, 0.225 / 255),
-                _download_tinyimagenet, file_aliases=("tinyimagenet-200-sub.npz",))
+                _download_tinyimagenet, 100_000, file_aliases=("tinyimagenet-200-sub.npz",))
 )
 
 

@@ -1,6 +1,7 @@
 """The paper's figures from stored results (needs matplotlib): accuracy against round per setting
 (one curve per method, mean over seeds with a ±std band, the dashed initial accuracy) and the
-per-agent class counts of a split. Every figure is written as PNG and PDF."""
+per-agent class counts of a split, and the communication per epoch of every method against the
+number of agents. Every figure is written as PNG and PDF."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
 
 
 def save(fig, stem: Path) -> list[Path]:
@@ -75,3 +75,39 @@ def class_counts(counts: pd.DataFrame, title: str, stem: str | Path) -> list[Pat
     plt.close(fig)
     return written
 
+
+
+def communication(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """One figure per dataset/model/width of `communication.communication_table` rows: messages
+    (communication events) and megabytes per epoch over the whole network against the number of
+    agents, log scale, one colour per method, solid for fc and dashed for ring (or one style per
+    topology)."""
+    plt = _pyplot()
+    styles = ["-", "--", ":", "-."]
+    written = []
+    for (dataset, model, width), frame in table.groupby(["dataset", "model", "width"], sort=True):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        methods = sorted(frame["method"].unique())
+        colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+        topologies = list(dict.fromkeys(frame["topology"]))
+        for (method, topology), curve in frame.groupby(["method", "topology"], sort=True):
+            curve = curve.sort_values("agents")
+            if (curve["messages_per_epoch"] == 0).all():
+                continue  # nothing to draw on a log scale (local training)
+            style = dict(color=colours[method], linestyle=styles[topologies.index(topology) % len(styles)],
+                         marker="o", label=f"{method}, {topology}")
+            axes[0].plot(curve["agents"], curve["messages_per_epoch"], **style)
+            axes[1].plot(curve["agents"], curve["bytes_per_epoch"] / 1e6, **style)
+        for ax, label in zip(axes, ["communication events (messages) per epoch", "MB sent per epoch"]):
+            ax.set_yscale("log")
+            ax.set_xlabel("agents")
+            ax.set_xticks(sorted(frame["agents"].unique()))
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3, which="both")
+        axes[0].legend(fontsize=8, ncol=2)
+        first = frame.iloc[0]
+        fig.suptitle(f"{dataset}, {model} ×{width}: {first['steps_per_epoch']} steps per epoch at "
+                     f"{frame['agents'].min()} agents, {first['epochs_per_round']} epochs per round", fontsize=9)
+        written += save(fig, Path(out_dir) / f"communication_{dataset}_{model}_{width}".replace(":", "-"))
+        plt.close(fig)
+    return written

@@ -77,7 +77,7 @@ class RunConfig:
 
 
 METRIC_COLUMNS = ["round", "agent", "phase", "test_acc", "test_loss", "own_acc", "own_loss", "consensus_distance",
-                  "bytes_sent", "train_loss", "train_acc", "lr", "seconds_train", "seconds_communicate",
+                  "messages_sent", "bytes_sent", "train_loss", "train_acc", "lr", "seconds_train", "seconds_communicate",
                   "seconds_evaluate"]
 
 
@@ -138,7 +138,8 @@ def run_cell(config: RunConfig, out: str | Path, force: bool = False, progress: 
                 t = train_stats[i] if train_stats else {}
                 rows.append({"round": round_index, "agent": i, "phase": phase, "test_acc": e["test_acc"],
                              "test_loss": e["test_loss"], "own_acc": e["own_acc"], "own_loss": e["own_loss"],
-                             "consensus_distance": consensus, "bytes_sent": int(method.bytes_sent[i]),
+                             "consensus_distance": consensus, "messages_sent": int(method.messages_sent[i]),
+                             "bytes_sent": int(method.bytes_sent[i]),
                              "train_loss": t.get("train_loss"), "train_acc": t.get("train_acc"),
                              "lr": lr, "seconds_train": seconds_train,
                              "seconds_communicate": seconds_comm, "seconds_evaluate": seconds_eval})

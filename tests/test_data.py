@@ -1,7 +1,11 @@
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from dimat_bench.cli import main
 from dimat_bench.data import (DATASETS, DataError, DeviceData, balanced_subset, device_datasets, load_dataset,
                               tinyimagenet_arrays, write_cache)
 from dimat_bench.registry import ConfigError
@@ -158,3 +162,24 @@ def test_augmentation_is_a_padded_crop_and_flip_of_each_image_and_is_seeded(cifa
     assert 0 < flips < 24 and len(shifts) > 5
     assert torch.equal(out, data.augment(original, torch.Generator().manual_seed(0)))
     assert not torch.equal(out, data.augment(original, torch.Generator().manual_seed(1)))
+
+
+def test_data_command_writes_a_manifest_of_the_validated_cache(data_dir, tmp_path):
+    out = tmp_path / "manifests" / "cifar10.json"
+    assert main(["data", "--dataset", "cifar10", "--data-dir", str(data_dir), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads(out.read_text())
+    cache = data_dir / "cifar10.npz"
+    assert manifest["cache"]["path"] == str(cache) and manifest["cache"]["bytes"] == cache.stat().st_size
+    assert manifest["cache"]["sha256"] == hashlib.sha256(cache.read_bytes()).hexdigest()
+    with np.load(cache) as arrays:
+        assert manifest["cache"]["train_images"] == len(arrays["y_train"])
+        assert manifest["cache"]["test_images"] == len(arrays["y_test"])
+    assert manifest["config"]["dataset"] == "cifar10" and manifest["versions"]["torch"]
+
+
+def test_data_command_without_a_cache_or_download_fails_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "cifar100.json"
+    assert main(["data", "--dataset", "cifar100", "--data-dir", str(tmp_path / "empty"), "--no-download",
+                 "--out", str(out)]) == 2
+    assert "data_dir: no cifar100 cache" in capsys.readouterr().err
+    assert not out.exists()

@@ -42,6 +42,9 @@ def test_the_example_averages_disjoint_pairs_along_edges(pairwise, cifar10):
         assert len(partner) == 1 and abs(i - partner[0]) % 5 in (1, 4)
         assert np.allclose(after[i][key], (before[i][key] + before[partner[0]][key]) / 2)
     assert (method.bytes_sent > 0).sum() == len(changed)
+    assert method.messages_sent.tolist() == [int(i in changed) for i in range(5)]
+    assert method.bytes_sent.tolist() == [int(i in changed) * method.message_elements(population.models[0]) * 4
+                                          for i in range(5)]
 
 
 def test_the_example_runs_as_a_cell_from_the_command_line(pairwise, pretrained5, tmp_path):
@@ -50,3 +53,5 @@ def test_the_example_runs_as_a_cell_from_the_command_line(pairwise, pretrained5,
                  "--rounds", "2", "--epochs-per-round", "1", "--out", str(out), "--quiet"]) == 0
     metrics = pd.read_csv(out / "metrics.csv", comment="#")
     assert set(metrics["phase"]) == {"initial", "after_merge", "after_train"} and metrics["round"].max() == 2
+    final = metrics[metrics["round"] == 2]
+    assert final["messages_sent"].between(0, 2).all() and final["messages_sent"].sum() > 0  # <= 1 per round

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from dimat_bench import config as cfg
+from dimat_bench.checkpoint import load_agents
 from dimat_bench.cli import main
+from dimat_bench.communication import cell_communication, communication_table
 from dimat_bench.matching import (activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations,
                                   weighted_sum)
 from dimat_bench.methods import METHODS, MethodContext, MethodOptions, create_method
@@ -217,11 +219,21 @@ def test_every_method_runs_a_two_round_cell_and_counts_bytes_exactly(name, topol
     assert metrics["test_acc"].between(0, 1).all() and np.isfinite(metrics["test_loss"]).all()
     per_agent = metrics.pivot_table(index=["round", "phase"], columns="agent", values="bytes_sent", sort=False)
     assert (per_agent.iloc[0] == 0).all() and (per_agent.diff().dropna() >= 0).all().all()
+    final = metrics[(metrics["round"] == 2) & (metrics["phase"] == "after_train")].sort_values("agent")
+    model = create_model("resnet20", 10)
     if name in PAPER_METHODS:
         steps = len(batch_bounds(100, 100))  # 500 fixture images / 5 agents, batch 100
-        final = metrics[(metrics["round"] == 2) & (metrics["phase"] == "after_train")].sort_values("agent")
-        model = create_model("resnet20", 10)
         assert final["bytes_sent"].tolist() == expected_bytes(name, model, topology, 2, steps).tolist()
+    # What the run counted is what the communication figure's analytic schedule says.
+    shards = load_agents(pretrained5 / "agents.pt").shards
+    steps = max(len(batch_bounds(len(shard), 100)) for shard in shards)
+    cost = cell_communication(name, create_topology(topology, 5).mixing_matrix, model, steps, 1, 2)
+    if METHODS.get(name).random_communication:  # the schedule is an upper bound
+        assert (final["messages_sent"].to_numpy() <= cost.messages).all()
+        assert (final["bytes_sent"].to_numpy() <= cost.bytes).all()
+    else:
+        assert final["messages_sent"].tolist() == cost.messages.tolist()
+        assert final["bytes_sent"].tolist() == cost.bytes.tolist()
 
 
 def test_official_preset_sets_the_authors_switches_and_explicit_keys_win():
@@ -240,6 +252,34 @@ def test_fc_merge_once_gives_everyone_agent_zeros_merge(cifar10):
     assert states_equal(states[0], states[1]) and states_equal(states[0], states[2])
     assert all(m.momentum is None for model in population.models for m in batchnorm_layers(model))
     assert method.bytes_sent[0] == 2 * method.bytes_sent[1] == 2 * method.elements * 4
+    assert method.messages_sent.tolist() == [2, 1, 1]
+    cost = cell_communication("dimat", create_topology("fc", 3).mixing_matrix, population.models[0], 1, 1, 1,
+                              MethodOptions(fc_merge_once=True))
+    assert cost.messages.tolist() == [2, 1, 1] and cost.bytes.tolist() == method.bytes_sent.tolist()
+
+
+def test_gossip_sends_two_hundred_times_more_messages_than_merging_at_paper_scale():
+    """SPEC §7: CIFAR (50,000 images), 5 agents, batch 100, E = 2: merge methods exchange once per
+    2 epochs, gossip methods after each of the 100 steps of every epoch."""
+    rows = communication_table(["dimat", "wa", "sgp", "cdsgd", "local"], "cifar10", "resnet20", 1, [5, 10, 20],
+                               ["fc", "ring"])
+    table = {(r["method"], r["topology"], r["agents"]): r for r in rows}
+    assert len(rows) == 5 * 2 * 3
+    assert [table["sgp", "fc", n]["steps_per_epoch"] for n in (5, 10, 20)] == [100, 50, 25]
+    # merge: half an exchange per epoch, each agent sending to every out-neighbour
+    assert table["dimat", "fc", 5]["messages_per_epoch"] == 0.5 * 5 * 4
+    assert table["dimat", "ring", 5]["messages_per_epoch"] == 0.5 * 5 * 2
+    assert table["dimat", "fc", 20]["messages_per_epoch"] == 0.5 * 20 * 19
+    for topology in ("fc", "ring"):
+        assert table["sgp", topology, 5]["messages_per_epoch"] == 200 * table["dimat", topology, 5]["messages_per_epoch"]
+        assert table["cdsgd", topology, 20]["messages_per_epoch"] == 50 * table["wa", topology, 20]["messages_per_epoch"]
+        assert table["local", topology, 10]["messages_per_epoch"] == table["local", topology, 10]["bytes_per_epoch"] == 0
+    model = create_model("resnet20", 10)
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    assert table["wa", "ring", 10]["bytes_per_epoch"] == 0.5 * 10 * 2 * (params + buffers) * 4
+    assert table["cdsgd", "ring", 10]["bytes_per_epoch"] == 50 * 10 * 2 * params * 4
+    assert table["sgp", "ring", 10]["bytes_per_epoch"] == 50 * 10 * 2 * (params + 1) * 4
 
 
 @pytest.mark.parametrize("data,message", [

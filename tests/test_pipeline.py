@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from dimat_bench.results import read_csv_meta
+
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -35,15 +37,31 @@ def tiny_run(tmp_path_factory):
 def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(tiny_run):
     grid = yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())["grid"]
     methods = {m for row in grid for m in row["methods"]}
-    table = pd.read_csv(tiny_run / "results" / "tables" / "main.csv")
+    table = pd.read_csv(tiny_run / "results" / "tables" / "main.csv", comment="#")
     assert set(table["method"]) == methods
+    for name in ("main.csv", "metrics.csv", "final.csv", "communication.csv"):  # every table carries its provenance
+        meta = read_csv_meta(tiny_run / "results" / "tables" / name)
+        assert meta["config"]["grid"] == grid and meta["code"]["package"] and meta["versions"]["torch"]
+    assert (tiny_run / "results" / "tables" / "main.tex").read_text().startswith("% dimat-bench meta: {")
     markdown = (tiny_run / "results" / "tables" / "main.md").read_text()
     assert all(f"| {m} |" in markdown for m in methods)
     figures = [p for p in (tiny_run / "figures").iterdir() if not p.name.startswith(".")]
     assert {p.suffix for p in figures} == {".png", ".pdf"}
     assert all(p.stat().st_size > 1000 for p in figures)
     names = {p.stem for p in figures}
-    assert names == {"accuracy_cifar10_resnet20_1_2_noniid_fc", "class_counts_cifar10_resnet20_1_2_noniid_seed0"}
+    assert names == {"accuracy_cifar10_resnet20_1_2_noniid_fc", "class_counts_cifar10_resnet20_1_2_noniid_seed0",
+                     "communication_cifar10_resnet20_1"}
+
+
+def test_the_communication_table_covers_every_method_agent_count_and_topology(tiny_run):
+    table = pd.read_csv(tiny_run / "results" / "tables" / "communication.csv", comment="#")
+    assert len(table) == 4 * 2 * 2 and set(table["method"]) == {"dimat", "wa", "sgp", "cdsgd"}
+    # The fixture holds 500 training images (the data manifest says so): 4 agents get 120 (2 steps
+    # of 100), 8 agents 60 (1 step); one epoch per round; a gossip step sends what a merge sends.
+    assert table.groupby("agents")["steps_per_epoch"].first().to_dict() == {4: 2, 8: 1}
+    wide = table.pivot_table(index=["agents", "topology"], columns="method", values="messages_per_epoch")
+    assert (wide["sgp"] == wide["dimat"] * wide.index.get_level_values("agents").map({4: 2, 8: 1})).all()
+    assert wide.loc[(8, "fc"), "wa"] == 8 * 7 and wide.loc[(8, "ring"), "wa"] == 8 * 2
 
 
 def test_a_second_run_has_nothing_to_do(tiny_run):
@@ -117,6 +135,7 @@ def test_the_default_profile_plans_the_paper_grid():
     result = snakemake("-n", "--profile", "profiles/default", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"cell\s+500", result.stdout) and re.search(r"pretrain\s+60", result.stdout)
+    assert re.search(r"data\s+3\n", result.stdout) and re.search(r"communication\s+1\n", result.stdout)
 
 
 def test_the_report_registers_the_table_and_the_figures(tiny_run):
@@ -124,4 +143,5 @@ def test_the_report_registers_the_table_and_the_figures(tiny_run):
                        f"data_dir={ROOT / 'tests' / 'data'}", cwd=tiny_run)
     assert result.returncode == 0, result.stderr[-2000:]
     html = (tiny_run / "report.html").read_text(errors="replace")
-    assert "main.md" in html and "accuracy_cifar10_resnet20_1_2_noniid_fc.png" in html
+    assert "main.md" in html and "communication.md" in html
+    assert "accuracy_cifar10_resnet20_1_2_noniid_fc.png" in html and "communication_cifar10_resnet20_1.png" in html

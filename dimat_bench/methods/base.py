@@ -43,11 +43,18 @@ class Method:
     `family` decides the round (SPEC §6): "merge" methods communicate once per round in `communicate`
     (then the runner evaluates and trains E epochs); "gossip" methods communicate inside training,
     every minibatch step; "local" methods never communicate. `defaults` are the optimizer settings
-    used when the run config leaves them unset. Subclasses add to `bytes_sent[agent]` whenever an
-    agent sends, and to `communicate_seconds` for time spent communicating or merging."""
+    used when the run config leaves them unset.
+
+    Communication is counted in messages: one message is one model sent by one agent to one
+    receiver. Subclasses call `sent(messages, elements)` whenever agents send (it keeps
+    `messages_sent` and `bytes_sent` per agent) and add to `communicate_seconds` (through `Timer`) for
+    time spent communicating or merging. The class methods `exchanges_per_round`,
+    `messages_per_exchange` and `message_elements` state the same schedule analytically: the
+    communication figure is drawn from them, and the tests check them against what a run counted."""
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = "merge"
+    random_communication: ClassVar[bool] = False  # messages_per_exchange is then an upper bound
     defaults: ClassVar[dict] = {"optimizer": "adam", "lr": 1e-3, "lr_decay": 1.0, "momentum": 0.9,
                                 "reset_optimizer": True}
 
@@ -57,6 +64,7 @@ class Method:
         self.options = context.options
         self.seed = context.seed
         self.reset_optimizer = context.options.reset_optimizer
+        self.messages_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.bytes_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.communicate_seconds = 0.0
 
@@ -72,13 +80,34 @@ class Method:
         stats = [self.population.train_epoch(after_step=after_step) for _ in range(epochs)]
         return merge_epoch_stats(stats)
 
+    # --- the communication schedule, analytically ---------------------------------------------
+
+    @classmethod
+    def exchanges_per_round(cls, steps_per_epoch: int, epochs_per_round: int) -> int:
+        """How many times per round the agents exchange models: once for merge methods, after every
+        minibatch step for gossip methods, never for local ones."""
+        return {"merge": 1, "gossip": steps_per_epoch * epochs_per_round, "local": 0}[cls.family]
+
+    @classmethod
+    def messages_per_exchange(cls, matrix: np.ndarray, options: MethodOptions) -> np.ndarray:
+        """Messages each agent sends in one exchange: one to each out-neighbour of `matrix`. A method
+        whose pattern differs (a broadcast, random pairs) overrides this; when the pattern is random
+        (`random_communication`), it returns the most an agent can send."""
+        return out_degrees(matrix)
+
+    @classmethod
+    def message_elements(cls, model: torch.nn.Module) -> int:
+        """Numbers in one message: parameters and BatchNorm buffers for merge methods (the whole
+        model is averaged), parameters only for gossip methods (BatchNorm buffers stay local)."""
+        return cls.model_elements(model, buffers=cls.family != "gossip")
+
     # --- shared helpers -----------------------------------------------------------------------
 
-    def out_degrees(self, matrix: np.ndarray) -> np.ndarray:
-        """How many other agents each agent sends to under `matrix` (receiver i takes from j: M_ij > 0)."""
-        sends = matrix > 0
-        np.fill_diagonal(sends, False)
-        return sends.sum(axis=0)
+    def sent(self, messages: np.ndarray | int, elements: int) -> None:
+        """Record that agent i sent `messages[i]` messages of `elements` float32 numbers each."""
+        messages = np.broadcast_to(np.asarray(messages, dtype=np.int64), self.messages_sent.shape)
+        self.messages_sent += messages
+        self.bytes_sent += messages * elements * 4
 
     @staticmethod
     def model_elements(model: torch.nn.Module, buffers: bool) -> int:
@@ -87,6 +116,13 @@ class Method:
         if buffers:
             count += sum(b.numel() for b in model.buffers() if b.is_floating_point())
         return count
+
+
+def out_degrees(matrix: np.ndarray) -> np.ndarray:
+    """How many other agents each agent sends to under `matrix` (receiver i takes from j: M_ij > 0)."""
+    sends = matrix > 0
+    np.fill_diagonal(sends, False)
+    return sends.sum(axis=0)
 
 
 def merge_epoch_stats(epochs: list[list[dict]]) -> list[dict]:

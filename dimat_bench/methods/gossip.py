@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import register
-from .base import Method, Timer, merge_epoch_stats
+from .base import Method, Timer, merge_epoch_stats, out_degrees
 
 
 class GossipMethod(Method):
@@ -20,13 +20,23 @@ class GossipMethod(Method):
     def __init__(self, context):
         super().__init__(context)
         population = self.population
-        self.matrix = self.communication_matrix()
+        self.matrix = self.communication_matrix(self.topology.mixing_matrix)
         self.mixing = torch.as_tensor(self.matrix, dtype=torch.float32, device=population.device)
-        elements = self.model_elements(population.models[0], buffers=False) + self.extra_elements
-        self.bytes_per_step = elements * 4 * self.out_degrees(self.matrix)
+        self.elements = self.message_elements(population.models[0])
+        self.messages_per_step = self.messages_per_exchange(self.topology.mixing_matrix, self.options)
 
-    def communication_matrix(self) -> np.ndarray:
-        return self.topology.mixing_matrix
+    @classmethod
+    def communication_matrix(cls, mixing_matrix: np.ndarray) -> np.ndarray:
+        """The matrix the gossip step mixes with (the topology's mixing matrix unless overridden)."""
+        return mixing_matrix
+
+    @classmethod
+    def messages_per_exchange(cls, matrix, options):
+        return out_degrees(cls.communication_matrix(matrix))
+
+    @classmethod
+    def message_elements(cls, model):
+        return cls.model_elements(model, buffers=False) + cls.extra_elements
 
     def train(self, epochs, after_step=None):
         stats = [self.population.train_epoch(after_step=after_step, update=self._update) for _ in range(epochs)]
@@ -37,7 +47,7 @@ class GossipMethod(Method):
             population = self.population
             params, grads = population.flat_parameters(), population.flat_gradients()
             population.load_flat_parameters(self.step(params, grads, population.lr))
-            self.bytes_sent += self.bytes_per_step
+            self.sent(self.messages_per_step, self.elements)
 
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float) -> torch.Tensor:
         """New (N, P) parameters from the current ones and the gradients at them."""
@@ -89,8 +99,8 @@ class SGP(GossipMethod):
         self.weights = torch.ones(self.population.n_agents, 1, dtype=torch.float64, device=device)
         self.push = torch.as_tensor(self.matrix, dtype=torch.float64, device=device)
 
-    def communication_matrix(self):
-        matrix = self.topology.mixing_matrix
+    @classmethod
+    def communication_matrix(cls, matrix):
         if np.allclose(matrix.sum(axis=0), 1.0):
             return matrix
         support = (matrix > 0).astype(np.float64)

@@ -11,7 +11,12 @@ from ..matching import activation_permutations, batchnorm_layers, reset_batchnor
 from ..permutation import FeatureExtractor, permutation_spec
 from ..population import derive_seed
 from . import register
-from .base import Method, Timer
+from .base import Method, MethodOptions, Timer, out_degrees
+
+
+def merges_once(matrix: np.ndarray, options: MethodOptions) -> bool:
+    """The authors' fc shortcut applies: asked for, and every row of the mixing matrix is the same."""
+    return options.fc_merge_once and bool(np.allclose(matrix, matrix[0]))
 
 
 class MergeMethod(Method):
@@ -24,7 +29,17 @@ class MergeMethod(Method):
     def __init__(self, context):
         super().__init__(context)
         self.bn_reset = self.options.bn_reset if self.options.bn_reset is not None else self.bn_reset_default
-        self.elements = self.model_elements(self.population.models[0], buffers=True)
+        self.elements = self.message_elements(self.population.models[0])
+
+    @classmethod
+    def messages_per_exchange(cls, matrix, options):
+        """Under the fc shortcut every agent sends its model to agent 0, which sends the merge back
+        to the N - 1 others; otherwise one message per out-neighbour."""
+        if merges_once(matrix, options):
+            counts = np.ones(len(matrix), dtype=np.int64)
+            counts[0] = len(matrix) - 1
+            return counts
+        return out_degrees(matrix)
 
     def align(self, agent: int, neighbours: list[int], states: list[dict], round_index: int) -> list[dict]:
         """Neighbours' states aligned to `agent` (identity here: plain weight averaging)."""
@@ -49,7 +64,7 @@ class MergeMethod(Method):
         with Timer(self):
             population, matrix = self.population, self.topology.mixing_matrix
             states = population.state_dicts()
-            merge_once = self.options.fc_merge_once and np.allclose(matrix, matrix[0])
+            merge_once = merges_once(matrix, self.options)
             agents = [0] if merge_once else range(population.n_agents)
             merged = {}
             for i in agents:
@@ -61,11 +76,9 @@ class MergeMethod(Method):
                 merged[i] = weighted_sum([states[i]] + aligned, weights)
             if merge_once:  # the authors' fc shortcut: agent 0 merges, everyone receives its result
                 population.load_state_dicts([merged[0]] * population.n_agents)
-                self.bytes_sent += self.elements * 4
-                self.bytes_sent[0] += self.elements * 4 * (population.n_agents - 2)
             else:
                 population.load_state_dicts([merged.get(i, states[i]) for i in range(population.n_agents)])
-                self.bytes_sent += self.elements * 4 * self.out_degrees(matrix)
+            self.sent(self.messages_per_exchange(matrix, self.options), self.elements)
             if self.bn_reset:
                 for i, model in enumerate(population.models):
                     if i not in merged and not merge_once:

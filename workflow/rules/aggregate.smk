@@ -14,3 +14,23 @@ rule aggregate:
         "../envs/tables.yaml"
     script:
         "../scripts/aggregate.py"
+
+
+rule communication:
+    """Messages and bytes per epoch of every method of the grid against the number of agents, on
+    each topology (analytic: from the methods' own schedules; no training needed). The data
+    manifests give the training-set size when the config does not subsample it."""
+    input:
+        expand(DATA_MANIFEST, dataset=sorted(CELLS["dataset"].unique())),
+    output:
+        csv=f"{RESULTS}/tables/communication.csv",
+        markdown=report(f"{RESULTS}/tables/communication.md", caption="../report/communication_table.rst",
+                        category="Tables"),
+    params:
+        settings=COMMUNICATION,
+    log:
+        f"{RESULTS}/tables/communication.log",
+    conda:
+        "../envs/tables.yaml"
+    script:
+        "../scripts/communication.py"

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
+DATA_MANIFEST = f"{RESULTS}/data/{{dataset}}.json"
 PRETRAIN_DIR = f"{RESULTS}/pretrain/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}"
 CELL_DIR = f"{RESULTS}/cells/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}/{{topology}}/{{method}}"
 
@@ -45,6 +46,26 @@ def pretrain_dirs():
     return sorted({PRETRAIN_DIR.format(**row) for row in CELLS.to_dict("records")})
 
 
+def communication_settings(config, cells: pd.DataFrame) -> list[dict]:
+    """Arguments of `communication.communication_table` for every dataset/model/width of the grid,
+    with the grid's methods there and the pipeline's pretrain/run settings (plain types only)."""
+    from dimat_bench import config as engine_config
+    from dimat_bench.pretrain import PretrainConfig
+    from dimat_bench.run import RunConfig
+
+    run = engine_config.from_dict(RunConfig, {**config["run"], "pretrained": "-"})
+    pre = engine_config.from_dict(PretrainConfig, {**config["pretrain"], "data_dir": config["data_dir"]})
+    wanted = config["communication"]
+    settings = []
+    for (dataset, model, width), rows in cells.groupby(["dataset", "model", "width"], sort=True):
+        settings.append({"methods": sorted(rows["method"].unique().tolist()), "dataset": dataset, "model": model,
+                         "width": int(width), "agents": list(wanted["agents"]), "topologies": list(wanted["topologies"]),
+                         "train_size": pre.train_size, "batch_size": run.batch_size or pre.batch_size,
+                         "epochs_per_round": run.epochs_per_round, "mixing": run.mixing,
+                         "fc_merge_once": run.fc_merge_once})
+    return settings
+
+
 def flags(options: dict) -> str:
     """Config keys -> command-line flags of the engine (`train_size: 100` -> `--train-size 100`)."""
     out = []
@@ -70,6 +91,12 @@ def check_grid(config, cells: pd.DataFrame) -> None:
         engine_config.from_dict(PretrainConfig, {**config["pretrain"], **pre, "data_dir": config["data_dir"]})
         engine_config.from_dict(RunConfig, {**config["run"], "pretrained": "-", "method": row["method"],
                                             "topology": row["topology"], "seed": row["seed"]})
+    from dimat_bench.topology import create_topology
+
+    for n in config["communication"]["agents"]:
+        for topology in config["communication"]["topologies"]:
+            create_topology(topology, n, config["run"].get("mixing", "official"))
 
 
 check_grid(config, CELLS)
+COMMUNICATION = communication_settings(config, CELLS)

@@ -1,8 +1,10 @@
 rule figures:
-    """Accuracy against round per setting and each split's class counts, from stored results only."""
+    """Accuracy against round per setting, each split's class counts and the communication per epoch,
+    from stored results only."""
     input:
         cells=cell_dirs(),
         pretrained=pretrain_dirs(),
+        communication=rules.communication.output.csv,
     output:
         report(directory(config["figures_dir"]), patterns=["{name}.png"], caption="../report/figures.rst",
                category="Figures"),

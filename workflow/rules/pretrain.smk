@@ -1,5 +1,7 @@
 rule pretrain:
     """Pretrain the N agents of one dataset/model/N/split/seed; shared by every method and topology."""
+    input:
+        DATA_MANIFEST,
     output:
         directory(PRETRAIN_DIR),
     log:

@@ -2,16 +2,14 @@
 # ruff: noqa: F821
 import sys
 
-from dimat_bench.aggregate import collect_cells, final_accuracy, main_table, to_latex, to_markdown
+from dimat_bench.aggregate import collect_cells, final_accuracy, main_table, table_meta, to_latex, to_markdown, write_table
 
 sys.stderr = open(snakemake.log[0], "w")
+meta = table_meta(snakemake.config, snakemake.input)
 metrics = collect_cells(snakemake.input)
-final = final_accuracy(metrics)
-table = main_table(final)
-metrics.to_csv(snakemake.output.metrics, index=False)
-final.to_csv(snakemake.output.final, index=False)
-table.to_csv(snakemake.output.main, index=False)
-with open(snakemake.output.markdown, "w") as handle:
-    handle.write(to_markdown(table))
-with open(snakemake.output.latex, "w") as handle:
-    handle.write(to_latex(table))
+table = main_table(final_accuracy(metrics))
+write_table(metrics, snakemake.output.metrics, meta)
+write_table(final_accuracy(metrics), snakemake.output.final, meta)
+write_table(table, snakemake.output.main, meta)
+write_table(to_markdown(table), snakemake.output.markdown, meta)
+write_table(to_latex(table), snakemake.output.latex, meta)

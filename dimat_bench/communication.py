@@ -1,0 +1,71 @@
+"""What every method sends, analytically (SPEC §7's communication figure).
+
+A message is one model sent by one agent to one receiver; a communication event in the figure is one
+such message. Merge methods exchange once per round (E epochs), gossip methods after every minibatch
+step, so per epoch the network carries
+
+    messages = exchanges per round / E × Σ_i messages agent i sends per exchange
+    bytes    = messages × numbers per message × 4
+
+The counts come from the methods' own class methods (`exchanges_per_round`, `messages_per_exchange`,
+`message_elements`), the ones a run counts with; tests/test_methods.py checks that a run's recorded
+`messages_sent` and `bytes_sent` equal `cell_communication` for the same cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import DATASETS
+from .methods import METHODS, MethodOptions
+from .models import create_model
+from .population import batch_bounds
+from .topology import create_topology
+
+
+@dataclass(frozen=True)
+class CellCommunication:
+    messages: np.ndarray  # per agent, over the whole run
+    bytes: np.ndarray  # per agent, over the whole run
+
+
+def cell_communication(method: str, mixing_matrix: np.ndarray, model: torch.nn.Module, steps_per_epoch: int,
+                       epochs_per_round: int, rounds: int, options: MethodOptions = MethodOptions()) -> CellCommunication:
+    """Messages and bytes each agent sends over `rounds` rounds of one cell."""
+    cls = METHODS.get(method)
+    exchanges = cls.exchanges_per_round(steps_per_epoch, epochs_per_round) * rounds
+    messages = np.asarray(cls.messages_per_exchange(mixing_matrix, options), dtype=np.int64) * exchanges
+    return CellCommunication(messages, messages * cls.message_elements(model) * 4)
+
+
+def iid_shard_size(train_size: int, num_classes: int, n_agents: int) -> int:
+    """Images per agent under the `iid` split of a class-balanced training set of `train_size` images."""
+    return num_classes * ((train_size // num_classes) // n_agents)
+
+
+def communication_table(methods: list[str], dataset: str, model: str, width: int, agents: list[int],
+                        topologies: list[str], train_size: int | None = None, batch_size: int = 100,
+                        epochs_per_round: int = 2, mixing: str = "official",
+                        options: MethodOptions = MethodOptions()) -> list[dict]:
+    """One row per method × topology × N: communication per epoch over the whole network, with the
+    `iid` split's equal shards (steps per epoch = shard / batch). `train_size` None = the dataset's
+    whole training set."""
+    info = DATASETS.get(dataset)
+    train_size = train_size or info.train_images
+    network = create_model(model, info.num_classes, width)
+    rows = []
+    for n in agents:
+        steps = len(batch_bounds(iid_shard_size(train_size, info.num_classes, n), batch_size))
+        for topology in topologies:
+            matrix = create_topology(topology, n, mixing).mixing_matrix
+            for method in methods:
+                cost = cell_communication(method, matrix, network, steps, epochs_per_round, 1, options)
+                rows.append({"dataset": dataset, "model": model, "width": width, "agents": n, "topology": topology,
+                             "method": method, "family": METHODS.get(method).family, "steps_per_epoch": steps,
+                             "epochs_per_round": epochs_per_round,
+                             "messages_per_epoch": int(cost.messages.sum()) / epochs_per_round,
+                             "bytes_per_epoch": int(cost.bytes.sum()) / epochs_per_round})
+    return rows

@@ -1,0 +1,19 @@
+localrules:
+    data,
+
+
+rule data:
+    """Cache one dataset in data_dir (downloading it when absent) and validate it: once per dataset,
+    before any pretraining. Local on a cluster: compute nodes often have no internet."""
+    output:
+        DATA_MANIFEST,
+    log:
+        f"{RESULTS}/data/{{dataset}}.log",
+    params:
+        flags=flags({k: v for k, v in config["pretrain"].items() if k == "download"}),
+        data_dir=config["data_dir"],
+    conda:
+        "../envs/engine.yaml"
+    shell:
+        "python -m dimat_bench data --dataset {wildcards.dataset} --data-dir {params.data_dir} {params.flags} "
+        "--out {output} --quiet > {log} 2>&1"
