@@ -32,7 +32,8 @@ def save(fig, stem: Path) -> list[Path]:
 
 def accuracy_curves(metrics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """One figure per setting: agent-averaged test accuracy (%) after each round's training, one
-    curve per method (mean over seeds, ±std band), and the pretrained agents' accuracy dashed."""
+    curve per method (mean over seeds, ±std band) starting at round 0 from the pretrained agents,
+    whose accuracy is also drawn dashed across."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -41,7 +42,7 @@ def accuracy_curves(metrics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     for setting, frame in means.groupby(SETTING_KEYS, sort=True):
         fig, ax = plt.subplots(figsize=(6, 4))
         initial = 100 * frame[frame["phase"] == "initial"]["test_acc"].mean()
-        curves = frame[frame["phase"] == "after_train"]
+        curves = frame[frame["phase"].isin(["initial", "after_train"])]
         for method, per_method in curves.groupby("method", sort=True):
             by_round = per_method.groupby("round")["test_acc"]
             mean, std = 100 * by_round.mean(), 100 * by_round.std(ddof=1).fillna(0.0)
@@ -52,7 +53,7 @@ def accuracy_curves(metrics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(setting_label(dict(zip(SETTING_KEYS, setting))), fontsize=9)
-        ax.legend(fontsize=8, ncol=2)
+        ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
         ax.grid(alpha=0.3)
         name = "accuracy_" + "_".join(str(v) for v in setting)
         written += save(fig, Path(out_dir) / name)
@@ -80,34 +81,44 @@ def class_counts(counts: pd.DataFrame, title: str, stem: str | Path) -> list[Pat
 def communication(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """One figure per dataset/model/width of `communication.communication_table` rows: messages
     (communication events) and megabytes per epoch over the whole network against the number of
-    agents, log scale, one colour per method, solid for fc and dashed for ring (or one style per
-    topology)."""
+    agents, log scale; solid for fc, dashed for ring (other topologies dotted). Methods with the
+    same schedule share one curve, labelled with all their names (e.g. `cdsgd = sgp`), so none
+    hides behind another."""
     plt = _pyplot()
-    styles = ["-", "--", ":", "-."]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     written = []
     for (dataset, model, width), frame in table.groupby(["dataset", "model", "width"], sort=True):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        methods = sorted(frame["method"].unique())
-        colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
-        topologies = list(dict.fromkeys(frame["topology"]))
-        for (method, topology), curve in frame.groupby(["method", "topology"], sort=True):
-            curve = curve.sort_values("agents")
-            if (curve["messages_per_epoch"] == 0).all():
-                continue  # nothing to draw on a log scale (local training)
-            style = dict(color=colours[method], linestyle=styles[topologies.index(topology) % len(styles)],
-                         marker="o", label=f"{method}, {topology}")
-            axes[0].plot(curve["agents"], curve["messages_per_epoch"], **style)
-            axes[1].plot(curve["agents"], curve["bytes_per_epoch"] / 1e6, **style)
+        curves: dict[tuple, list[str]] = {}
+        for method, per_method in frame.groupby("method", sort=True):
+            values = per_method.sort_values(["topology", "agents"])
+            # bytes within 0.01 % count as equal (SGP's message carries one number more than CDSGD's)
+            key = tuple(values["messages_per_epoch"]) + tuple(np.round(np.log10(values["bytes_per_epoch"].clip(1)), 4))
+            curves.setdefault(key, []).append(method)
+        topologies = sorted(frame["topology"].unique(), key=lambda t: (t != "fc", t != "ring", t))
+        styles = dict(zip(topologies, ["-", "--", ":", "-."] * len(topologies)))
+        for index, methods in enumerate(curves.values()):
+            per_method = frame[frame["method"] == methods[0]]
+            for topology in topologies:
+                curve = per_method[per_method["topology"] == topology].sort_values("agents")
+                if (curve["messages_per_epoch"] == 0).all():
+                    continue  # nothing to draw on a log scale (local training)
+                style = dict(color=colours[index % len(colours)], linestyle=styles[topology], marker="o",
+                             label=f"{' = '.join(methods)}, {topology}")
+                axes[0].plot(curve["agents"], curve["messages_per_epoch"], **style)
+                axes[1].plot(curve["agents"], curve["bytes_per_epoch"] / 1e6, **style)
         for ax, label in zip(axes, ["communication events (messages) per epoch", "MB sent per epoch"]):
             ax.set_yscale("log")
             ax.set_xlabel("agents")
             ax.set_xticks(sorted(frame["agents"].unique()))
             ax.set_ylabel(label)
             ax.grid(alpha=0.3, which="both")
-        axes[0].legend(fontsize=8, ncol=2)
-        first = frame.iloc[0]
-        fig.suptitle(f"{dataset}, {model} ×{width}: {first['steps_per_epoch']} steps per epoch at "
-                     f"{frame['agents'].min()} agents, {first['epochs_per_round']} epochs per round", fontsize=9)
+        axes[0].legend(fontsize=8)
+        fewest = frame[frame["agents"] == frame["agents"].min()].iloc[0]
+        epochs = int(fewest["epochs_per_round"])
+        fig.suptitle(f"{dataset}, {model} ×{width}, whole network: {fewest['steps_per_epoch']} steps per epoch "
+                     f"at {fewest['agents']} agents, {epochs} epoch{'s' if epochs > 1 else ''} per round",
+                     fontsize=9)
         written += save(fig, Path(out_dir) / f"communication_{dataset}_{model}_{width}".replace(":", "-"))
         plt.close(fig)
     return written

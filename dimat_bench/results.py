@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import glob
 import io
 import json
 import os
@@ -78,17 +79,24 @@ class StagedDirectory:
 
     Construct it before any compute (it fails at once when `out` exists and `force` is off); write
     into `.path` inside `with`; on success the staging directory is renamed to `out`, on error it
-    is deleted, so a crashed run leaves nothing that looks like a result."""
+    is deleted, so a crashed run leaves nothing that looks like a result. A process killed outright
+    leaves its staging directory (`.partial-<name>-<host>-<pid>`); the next run for the same `out`
+    removes it once that process is gone."""
 
     def __init__(self, out: str | os.PathLike, force: bool = False):
         self.out = Path(out)
         if self.out.exists() and not force and (not self.out.is_dir() or any(self.out.iterdir())):
             raise ConfigError("out", str(self.out), "a directory that does not exist yet or is empty",
                               "Pass --force to replace it")
-        self.path = self.out.parent / f".partial-{self.out.name}-{os.getpid()}"
+        self.prefix = f".partial-{self.out.name}-{socket.gethostname()}-"
+        self.path = self.out.parent / f"{self.prefix}{os.getpid()}"
 
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.parent.glob(f"{glob.escape(self.prefix)}*"):
+            pid = stale.name[len(self.prefix):]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir()
         return self.path
@@ -100,6 +108,16 @@ class StagedDirectory:
         if self.out.exists():
             shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
         os.replace(self.path, self.out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def code_version() -> dict:

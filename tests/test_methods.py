@@ -9,7 +9,7 @@ from dimat_bench import config as cfg
 from dimat_bench.checkpoint import load_agents
 from dimat_bench.cli import main
 from dimat_bench.communication import cell_communication, communication_table
-from dimat_bench.matching import (activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations,
+from dimat_bench.matching import (CorrelationStats, activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations,
                                   weighted_sum)
 from dimat_bench.methods import METHODS, MethodContext, MethodOptions, create_method
 from dimat_bench.methods.gossip import cdsgd_step
@@ -57,6 +57,23 @@ def test_merging_with_a_permuted_copy_returns_the_same_function(name, width, mat
     with torch.no_grad():
         expected, got = model(x), merged(x)
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
+
+
+def test_streamed_correlation_equals_pearson_on_all_samples_at_once():
+    """Batches of unequal size, far-from-zero means, a dead channel (correlation 0, not NaN)."""
+    g = torch.Generator().manual_seed(0)
+    a = 50 + torch.randn(7, 6, 5, 5, generator=g)
+    b = torch.cat([a[:, :3] * 2 + 0.3 * torch.randn(7, 3, 5, 5, generator=g), torch.randn(7, 2, 5, 5, generator=g),
+                   torch.zeros(7, 1, 5, 5)], 1) - 20
+    stats = CorrelationStats(6, "cpu")
+    for lo, hi in [(0, 1), (1, 4), (4, 7)]:
+        stats.update(a[lo:hi], b[lo:hi])
+    flat = lambda x: x.movedim(1, -1).reshape(-1, 6).double().numpy()  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        expected = np.corrcoef(flat(a), flat(b), rowvar=False)[:6, 6:]
+    expected[:, 5] = 0.0  # no variance: numpy gives NaN
+    np.testing.assert_allclose(stats.correlation().numpy(), expected, rtol=0, atol=1e-5)
+    assert stats.n == 7 * 25
 
 
 def test_permutation_structure_has_the_specified_feature_points():

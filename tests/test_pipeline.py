@@ -4,8 +4,10 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +64,70 @@ def test_the_communication_table_covers_every_method_agent_count_and_topology(ti
     wide = table.pivot_table(index=["agents", "topology"], columns="method", values="messages_per_epoch")
     assert (wide["sgp"] == wide["dimat"] * wide.index.get_level_values("agents").map({4: 2, 8: 1})).all()
     assert wide.loc[(8, "fc"), "wa"] == 8 * 7 and wide.loc[(8, "ring"), "wa"] == 8 * 2
+
+
+def tables(work):
+    """The tiny run's tables without what legitimately differs between runs (provenance, timings)."""
+    out = {}
+    for name in ("main.csv", "final.csv", "metrics.csv", "main.md", "main.tex"):
+        path = work / "results" / "tables" / name
+        if name.endswith(".csv"):
+            frame = pd.read_csv(path, comment="#")
+            out[name] = frame.drop(columns=[c for c in frame.columns if c.startswith("seconds_")])
+        else:
+            out[name] = path.read_text().split("\n", 1)[1]  # the first line is the provenance comment
+    return out
+
+
+def finished_cells(cells: Path) -> dict:
+    """Completed cell directories (not a job's hidden staging directory) -> their metrics' mtime."""
+    return {p.parent: p.stat().st_mtime_ns for p in cells.rglob("metrics.csv")
+            if not any(part.startswith(".partial-") for part in p.relative_to(cells).parts)}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_killing_the_pipeline_during_a_cell_reruns_only_the_unfinished_work(sig, tiny_run, tmp_path):
+    """Interrupt the whole pipeline (Ctrl-C, or kill -9 and then `--unlock`) while a cell runs and
+    another has finished; the rerun recomputes only the unfinished cells, and the tables equal the
+    uninterrupted run's."""
+    shutil.copy(ROOT / "tests" / "pipeline.yaml", tmp_path / "config.yaml")
+    args = ["--cores", "2", "--configfile", "config.yaml", "--config", f"data_dir={ROOT / 'tests' / 'data'}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cells = tmp_path / "results" / "cells"
+    pipeline = subprocess.Popen([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, running = time.monotonic() + 300, []
+        while time.monotonic() < deadline and pipeline.poll() is None:
+            if finished_cells(cells):
+                running = list(cells.rglob(".partial-*"))
+                if running:
+                    break
+            time.sleep(0.1)
+        assert pipeline.poll() is None and running, "the pipeline ended before it could be interrupted mid-cell"
+    finally:
+        os.killpg(pipeline.pid, sig)  # snakemake and every job it started, as a terminal's Ctrl-C does
+        pipeline.wait(timeout=120)
+    finished = finished_cells(cells)
+    assert 1 <= len(finished) < 4 and not (tmp_path / "results" / "tables").exists()
+
+    if sig == signal.SIGKILL:  # a killed Snakemake cannot release its lock on the working directory
+        assert snakemake("--unlock", *args, cwd=tmp_path).returncode == 0
+    rerun = snakemake(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    log = rerun.stdout + rerun.stderr
+    planned = re.search(r"\ncell\s+(\d+)\n", log)
+    assert planned and int(planned.group(1)) == 4 - len(finished)
+    assert not re.search(r"\npretrain\s+\d+\n", log), "the pretraining had finished"
+    assert finished_cells(cells) == {**finished_cells(cells), **finished}  # finished cells were not recomputed
+    assert len(finished_cells(cells)) == 4
+    assert not list((tmp_path / "results").rglob(".partial-*")), "the interrupted job's staging directory is gone"
+    expected, got = tables(tiny_run), tables(tmp_path)
+    for name in expected:
+        if name.endswith(".csv"):
+            pd.testing.assert_frame_equal(got[name], expected[name], check_exact=True)
+        else:
+            assert got[name] == expected[name]
 
 
 def test_a_second_run_has_nothing_to_do(tiny_run):

@@ -9,11 +9,12 @@ rule cell:
     params:
         flags=flags(config["run"]),
         data_dir=config["data_dir"],
+    threads: 1
     resources:
-        gpu=1,
+        gpu=ENGINE_GPUS,
     conda:
         "../envs/engine.yaml"
     shell:
-        "python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
+        "OMP_NUM_THREADS={threads} python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
         "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {params.data_dir} {params.flags} "
         "--out {output} --quiet > {log} 2>&1"

@@ -7,6 +7,17 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+# Engine jobs hold one GPU each where there are GPUs (`--resources gpu=G` lets G run at once). On a
+# CPU-only host they hold none and run side by side, one thread each, as many as there are cores.
+ENGINE_GPUS = 1 if visible_gpus() else 0
 DATA_MANIFEST = f"{RESULTS}/data/{{dataset}}.json"
 PRETRAIN_DIR = f"{RESULTS}/pretrain/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}"
 CELL_DIR = f"{RESULTS}/cells/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}/{{topology}}/{{method}}"

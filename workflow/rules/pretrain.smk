@@ -9,11 +9,12 @@ rule pretrain:
     params:
         flags=flags(config["pretrain"]),
         data_dir=config["data_dir"],
+    threads: 1
     resources:
-        gpu=1,
+        gpu=ENGINE_GPUS,
     conda:
         "../envs/engine.yaml"
     shell:
-        "python -m dimat_bench pretrain --dataset {wildcards.dataset} --model {wildcards.model} "
+        "OMP_NUM_THREADS={threads} python -m dimat_bench pretrain --dataset {wildcards.dataset} --model {wildcards.model} "
         "--width {wildcards.width} --agents {wildcards.agents} --split {wildcards.split} "
         "--seed {wildcards.seed} --data-dir {params.data_dir} {params.flags} --out {output} --quiet > {log} 2>&1"
