@@ -78,6 +78,22 @@ def class_counts(counts: pd.DataFrame, title: str, stem: str | Path) -> list[Pat
 
 
 
+def shared_schedules(frame: pd.DataFrame) -> list[list[str]]:
+    """Methods of one dataset/model/width grouped by identical communication: the same messages per
+    epoch everywhere and bytes within 0.01 % (SGP's message carries one number more than CDSGD's)."""
+    groups: list[tuple[pd.DataFrame, list[str]]] = []
+    for method, per_method in frame.groupby("method", sort=True):
+        values = per_method.sort_values(["topology", "agents"])[["messages_per_epoch", "bytes_per_epoch"]]
+        for schedule, methods in groups:
+            if (schedule["messages_per_epoch"].to_numpy() == values["messages_per_epoch"].to_numpy()).all() and \
+                    np.allclose(schedule["bytes_per_epoch"], values["bytes_per_epoch"], rtol=1e-4, atol=0):
+                methods.append(method)
+                break
+        else:
+            groups.append((values, [method]))
+    return [methods for _, methods in groups]
+
+
 def communication(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """One figure per dataset/model/width of `communication.communication_table` rows: messages
     (communication events) and megabytes per epoch over the whole network against the number of
@@ -89,15 +105,9 @@ def communication(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     written = []
     for (dataset, model, width), frame in table.groupby(["dataset", "model", "width"], sort=True):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        curves: dict[tuple, list[str]] = {}
-        for method, per_method in frame.groupby("method", sort=True):
-            values = per_method.sort_values(["topology", "agents"])
-            # bytes within 0.01 % count as equal (SGP's message carries one number more than CDSGD's)
-            key = tuple(values["messages_per_epoch"]) + tuple(np.round(np.log10(values["bytes_per_epoch"].clip(1)), 4))
-            curves.setdefault(key, []).append(method)
         topologies = sorted(frame["topology"].unique(), key=lambda t: (t != "fc", t != "ring", t))
         styles = dict(zip(topologies, ["-", "--", ":", "-."] * len(topologies)))
-        for index, methods in enumerate(curves.values()):
+        for index, methods in enumerate(shared_schedules(frame)):
             per_method = frame[frame["method"] == methods[0]]
             for topology in topologies:
                 curve = per_method[per_method["topology"] == topology].sort_values("agents")

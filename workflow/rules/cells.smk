@@ -8,7 +8,6 @@ rule cell:
         f"{CELL_DIR}.log",
     params:
         flags=flags(config["run"]),
-        data_dir=config["data_dir"],
     threads: 1
     resources:
         gpu=ENGINE_GPUS,
@@ -16,5 +15,5 @@ rule cell:
         "../envs/engine.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
-        "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {params.data_dir} {params.flags} "
+        "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {config[data_dir]:q} {params.flags} "
         "--out {output} --quiet > {log} 2>&1"

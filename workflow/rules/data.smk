@@ -11,9 +11,8 @@ rule data:
         f"{RESULTS}/data/{{dataset}}.log",
     params:
         flags=flags({k: v for k, v in config["pretrain"].items() if k == "download"}),
-        data_dir=config["data_dir"],
     conda:
         "../envs/engine.yaml"
     shell:
-        "python -m dimat_bench data --dataset {wildcards.dataset} --data-dir {params.data_dir} {params.flags} "
+        "python -m dimat_bench data --dataset {wildcards.dataset} --data-dir {config[data_dir]:q} {params.flags} "
         "--out {output} --quiet > {log} 2>&1"
