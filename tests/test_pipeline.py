@@ -141,6 +141,19 @@ def test_a_second_run_has_nothing_to_do(tiny_run):
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_moving_the_data_cache_reruns_nothing(tiny_run, tmp_path):
+    """data_dir is where the caches live, not a setting of the experiment."""
+    shutil.copytree(ROOT / "tests" / "data", tmp_path / "moved")
+    result = snakemake("-n", "--configfile", "config.yaml", "--config", f"data_dir={tmp_path / 'moved'}",
+                       cwd=tiny_run)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+    changed = {"run": {**yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())["run"], "rounds": 3}}
+    (tmp_path / "more_rounds.yaml").write_text(yaml.safe_dump(changed))
+    result = snakemake("-n", "--configfile", "config.yaml", str(tmp_path / "more_rounds.yaml"), "--config",
+                       f"data_dir={tmp_path / 'moved'}", cwd=tiny_run)
+    assert re.search(r"\ncell\s+4\n", result.stdout) and not re.search(r"\npretrain\s", result.stdout)
+
+
 def bad_grid(**changes):
     row = {"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 2, "split": "iid", "topology": "fc",
            "methods": ["wa"], "seeds": [0]}
