@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
@@ -113,12 +112,7 @@ def to_latex(table: pd.DataFrame) -> str:
 def table_meta(config: dict, cell_dirs: Iterable[str | Path] = ()) -> dict:
     """What every table carries: the pipeline config, this code's version, the library versions, and
     each cell's path with the code version that computed it."""
-    versions = library_versions()
-    for package in ("pandas", "matplotlib", "snakemake"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+    versions = library_versions(extra=("pandas", "matplotlib", "snakemake"))
     cells = [{"path": str(d), "code": json.loads((Path(d) / "meta.json").read_text()).get("code")} for d in cell_dirs]
     return {"config": config, "code": code_version(), "versions": versions, "cells": cells,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

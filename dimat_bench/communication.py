@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import DATASETS
+from .data import DATASETS, balanced_subset
 from .methods import METHODS, MethodOptions
 from .models import create_model
 from .population import batch_bounds
+from .splits import create_split
 from .topology import create_topology
 
 
@@ -41,9 +42,13 @@ def cell_communication(method: str, mixing_matrix: np.ndarray, model: torch.nn.M
     return CellCommunication(messages, messages * cls.message_elements(model) * 4)
 
 
-def iid_shard_size(train_size: int, num_classes: int, n_agents: int) -> int:
-    """Images per agent under the `iid` split of a class-balanced training set of `train_size` images."""
-    return num_classes * ((train_size // num_classes) // n_agents)
+def iid_steps_per_epoch(train_size: int, num_classes: int, n_agents: int, batch_size: int) -> int:
+    """Lockstep steps per epoch under the `iid` split of a class-balanced training set of `train_size`
+    images, drawn and split by the same functions a pretraining uses."""
+    labels = np.repeat(np.arange(num_classes), -(-train_size // num_classes))
+    labels = labels[balanced_subset(labels, train_size, num_classes, "train_size")]
+    shards = create_split("iid", labels, num_classes, n_agents).shards
+    return max(len(batch_bounds(len(shard), batch_size)) for shard in shards)
 
 
 def communication_table(methods: list[str], dataset: str, model: str, width: int, agents: list[int],
@@ -51,14 +56,14 @@ def communication_table(methods: list[str], dataset: str, model: str, width: int
                         epochs_per_round: int = 2, mixing: str = "official",
                         options: MethodOptions = MethodOptions()) -> list[dict]:
     """One row per method × topology × N: communication per epoch over the whole network, with the
-    `iid` split's equal shards (steps per epoch = shard / batch). `train_size` None = the dataset's
+    `iid` split's shards. `train_size` None = the dataset's
     whole training set."""
     info = DATASETS.get(dataset)
     train_size = train_size or info.train_images
     network = create_model(model, info.num_classes, width)
     rows = []
     for n in agents:
-        steps = len(batch_bounds(iid_shard_size(train_size, info.num_classes, n), batch_size))
+        steps = iid_steps_per_epoch(train_size, info.num_classes, n, batch_size)
         for topology in topologies:
             matrix = create_topology(topology, n, mixing).mixing_matrix
             for method in methods:

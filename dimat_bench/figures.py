@@ -23,6 +23,8 @@ def _pyplot():
 
 
 def save(fig, stem: Path) -> list[Path]:
+    """`stem`.png and `stem`.pdf; a `:` in the name (timm models) becomes `-`."""
+    stem = stem.with_name(stem.name.replace(":", "-"))
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path in paths:
@@ -77,7 +79,6 @@ def class_counts(counts: pd.DataFrame, title: str, stem: str | Path) -> list[Pat
     return written
 
 
-
 def shared_schedules(frame: pd.DataFrame) -> list[list[str]]:
     """Methods of one dataset/model/width grouped by identical communication: the same messages per
     epoch everywhere and bytes within 0.01 % (SGP's message carries one number more than CDSGD's)."""
@@ -129,6 +130,6 @@ def communication(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         fig.suptitle(f"{dataset}, {model} ×{width}, whole network: {fewest['steps_per_epoch']} steps per epoch "
                      f"at {fewest['agents']} agents, {epochs} epoch{'s' if epochs > 1 else ''} per round",
                      fontsize=9)
-        written += save(fig, Path(out_dir) / f"communication_{dataset}_{model}_{width}".replace(":", "-"))
+        written += save(fig, Path(out_dir) / f"communication_{dataset}_{model}_{width}")
         plt.close(fig)
     return written

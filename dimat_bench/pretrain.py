@@ -16,10 +16,11 @@ import torch
 
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, save_agents
-from .data import DATASETS, balanced_subset, device_datasets, load_dataset
+from .data import balanced_subset, device_datasets, load_dataset
 from .devices import auto_device
 from .models import check_model_name, create_model
 from .population import OPTIMIZERS, OptimizerSpec, Population, derive_seed
+from .prepare import DataConfig
 from .registry import ConfigError
 from .results import StagedDirectory, provenance, write_csv, write_json
 from .splits import SPLITS, create_split
@@ -47,10 +48,9 @@ def resolve_device(value: str) -> torch.device:
 
 
 @dataclass
-class PretrainConfig:
-    dataset: str = cfg.option("cifar10", "dataset", choices=DATASETS.names)
-    data_dir: str = cfg.option("resources/data", "folder with the <dataset>.npz caches (downloaded when missing)")
-    download: bool = cfg.option(True, "download and convert a dataset whose cache is missing")
+class PretrainConfig(DataConfig):
+    """DataConfig's dataset, data_dir and download, then the pretraining's own keys."""
+
     train_size: int | None = cfg.option(None, "class-balanced training subset size (none = the whole file)", min=2)
     test_size: int | None = cfg.option(None, "class-balanced test subset size (none = the whole file)", min=1)
     legacy_normalization: bool = cfg.option(False, "use the authors' (wrong) normalisation statistics")

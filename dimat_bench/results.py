@@ -138,9 +138,9 @@ def code_version() -> dict:
     return info
 
 
-def library_versions() -> dict:
+def library_versions(extra: tuple[str, ...] = ()) -> dict:
     versions = {"python": platform.python_version()}
-    for package in ("torch", "torchvision", "numpy", "scipy", "timm", "dimat-bench"):
+    for package in ("torch", "torchvision", "numpy", "scipy", "timm", "dimat-bench", *extra):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -167,6 +167,7 @@ def bad_grid(**changes):
     (bad_grid(topology="star"), "topology: got 'star'"),
     (bad_grid(agents=1), "agents"),
     ({"grid": []}, "grid"),
+    ({"communication": {"agents": [5], "topologies": ["star"]}}, "topology: got 'star'"),
 ])
 def test_bad_configs_fail_at_validation_before_any_job(change, message, tmp_path):
     config = {**yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text()), **change}

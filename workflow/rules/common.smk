@@ -63,10 +63,14 @@ def communication_settings(config, cells: pd.DataFrame) -> list[dict]:
     from dimat_bench import config as engine_config
     from dimat_bench.pretrain import PretrainConfig
     from dimat_bench.run import RunConfig
+    from dimat_bench.topology import create_topology
 
     run = engine_config.from_dict(RunConfig, {**config["run"], "pretrained": "-"})
     pre = engine_config.from_dict(PretrainConfig, {**config["pretrain"], "data_dir": config["data_dir"]})
     wanted = config["communication"]
+    for n in wanted["agents"]:  # a bad axis fails here, before any job
+        for topology in wanted["topologies"]:
+            create_topology(topology, n, run.mixing)
     settings = []
     for (dataset, model, width), rows in cells.groupby(["dataset", "model", "width"], sort=True):
         settings.append({"methods": sorted(rows["method"].unique().tolist()), "dataset": dataset, "model": model,
@@ -102,11 +106,6 @@ def check_grid(config, cells: pd.DataFrame) -> None:
         engine_config.from_dict(PretrainConfig, {**config["pretrain"], **pre, "data_dir": config["data_dir"]})
         engine_config.from_dict(RunConfig, {**config["run"], "pretrained": "-", "method": row["method"],
                                             "topology": row["topology"], "seed": row["seed"]})
-    from dimat_bench.topology import create_topology
-
-    for n in config["communication"]["agents"]:
-        for topology in config["communication"]["topologies"]:
-            create_topology(topology, n, config["run"].get("mixing", "official"))
 
 
 check_grid(config, CELLS)
