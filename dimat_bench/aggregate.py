@@ -5,18 +5,15 @@ LaTeX. Needs pandas; reads only files, so tables rebuild without retraining."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
-from .results import CSV_META_PREFIX, atomic_path, code_version, library_versions
+from .grid import CELL_KEYS
 
-# What identifies a cell: the pretraining's settings, then the run's.
-SETTING_KEYS = ["dataset", "model", "width", "agents", "split", "topology"]
-CELL_KEYS = SETTING_KEYS + ["method", "seed"]
+
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
 
 
@@ -109,27 +106,9 @@ def to_latex(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_meta(config: dict, cell_dirs: Iterable[str | Path] = ()) -> dict:
-    """What every table carries: the pipeline config, this code's version, the library versions, and
-    each cell's path with the code version that computed it."""
-    versions = library_versions(extra=("pandas", "matplotlib", "snakemake"))
-    cells = [{"path": str(d), "code": json.loads((Path(d) / "meta.json").read_text()).get("code")} for d in cell_dirs]
-    return {"config": config, "code": code_version(), "versions": versions, "cells": cells,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+TABLE_LIBRARIES = ("pandas", "matplotlib", "snakemake")
 
 
-def write_table(text_or_frame: str | pd.DataFrame, path: str | Path, meta: dict) -> None:
-    """A table with its provenance on the first line, as a comment of the file's format: CSV (read it
-    with pandas' `comment="#"`), Markdown (an HTML comment) or LaTeX."""
-    line = json.dumps(meta, default=str)
-    suffix = Path(path).suffix
-    if isinstance(text_or_frame, pd.DataFrame):
-        text = CSV_META_PREFIX + line + "\n" + text_or_frame.to_csv(index=False)
-    elif suffix == ".md":
-        text = f"<!-- dimat-bench meta: {line.replace('--', '- -')} -->\n" + text_or_frame
-    elif suffix == ".tex":
-        text = f"% dimat-bench meta: {line}\n" + text_or_frame
-    else:
-        raise ValueError(f"{path}: tables are .csv, .md or .tex")
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+def cell_provenance(cell_dirs: Iterable[str | Path]) -> list[dict]:
+    """Each cell's path and the code version that computed it (a table's provenance lists them)."""
+    return [{"path": str(d), "code": json.loads((Path(d) / "meta.json").read_text()).get("code")} for d in cell_dirs]

@@ -20,14 +20,14 @@ from .registry import ConfigError
 
 def _commands():
     """name -> (config class, entry point, one-line help). Imported lazily: --help stays fast."""
-    from .prepare import DataConfig, prepare_data
+    from .data import DataConfig, prepare_data
     from .pretrain import PretrainConfig, pretrain
-    from .run import RunConfig, run_cell
+    from .run import CellConfig, run_cell
 
     return {
         "data": (DataConfig, prepare_data, "cache a dataset (download when absent), validate it, write a manifest"),
         "pretrain": (PretrainConfig, pretrain, "pretrain N agents, each from its own init on its own shard"),
-        "run": (RunConfig, run_cell, "run one cell: a method on a topology, from a pretrain output directory"),
+        "run": (CellConfig, run_cell, "run one cell: a method on a topology, from a pretrain output directory"),
     }
 
 

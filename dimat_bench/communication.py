@@ -1,4 +1,4 @@
-"""What every method sends, analytically (SPEC §7's communication figure).
+"""What every method sends, analytically (docs/benchmark.md#communication).
 
 A message is one model sent by one agent to one receiver; a communication event in the figure is one
 such message. Merge methods exchange once per round (E epochs), gossip methods after every minibatch
@@ -9,12 +9,14 @@ step, so per epoch the network carries
 
 The counts come from the methods' own class methods (`exchanges_per_round`, `messages_per_exchange`,
 `message_elements`), the ones a run counts with; tests/test_methods.py checks that a run's recorded
-`messages_sent` and `bytes_sent` equal `cell_communication` for the same cell.
+`messages_sent` and `bytes_sent` equal `cell_communication` for the same cell. `grid.communication_rows`
+applies this to a pipeline config.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -34,9 +36,11 @@ class CellCommunication:
 
 
 def cell_communication(method: str, mixing_matrix: np.ndarray, model: torch.nn.Module, steps_per_epoch: int,
-                       epochs_per_round: int, rounds: int, options: MethodOptions = MethodOptions()) -> CellCommunication:
-    """Messages and bytes each agent sends over `rounds` rounds of one cell."""
+                       epochs_per_round: int, rounds: int, options: MethodOptions | None = None) -> CellCommunication:
+    """Messages and bytes each agent sends over `rounds` rounds of one cell (`options`: the method's,
+    by default its defaults)."""
     cls = METHODS.get(method)
+    options = options or cls.build_options()
     exchanges = cls.exchanges_per_round(steps_per_epoch, epochs_per_round) * rounds
     messages = np.asarray(cls.messages_per_exchange(mixing_matrix, options), dtype=np.int64) * exchanges
     return CellCommunication(messages, messages * cls.message_elements(model) * 4)
@@ -54,10 +58,11 @@ def iid_steps_per_epoch(train_size: int, num_classes: int, n_agents: int, batch_
 def communication_table(methods: list[str], dataset: str, model: str, width: int, agents: list[int],
                         topologies: list[str], train_size: int | None = None, batch_size: int = 100,
                         epochs_per_round: int = 2, mixing: str = "official",
-                        options: MethodOptions = MethodOptions()) -> list[dict]:
+                        options: Mapping[str, MethodOptions] | None = None) -> list[dict]:
     """One row per method × topology × N: communication per epoch over the whole network, with the
-    `iid` split's shards. `train_size` None = the dataset's
-    whole training set."""
+    `iid` split's shards. `train_size` None = the dataset's whole training set; `options`: method
+    name -> its options (default: its defaults)."""
+    options = options or {}
     info = DATASETS.get(dataset)
     train_size = train_size or info.train_images
     network = create_model(model, info.num_classes, width)
@@ -67,7 +72,7 @@ def communication_table(methods: list[str], dataset: str, model: str, width: int
         for topology in topologies:
             matrix = create_topology(topology, n, mixing).mixing_matrix
             for method in methods:
-                cost = cell_communication(method, matrix, network, steps, epochs_per_round, 1, options)
+                cost = cell_communication(method, matrix, network, steps, epochs_per_round, 1, options.get(method))
                 rows.append({"dataset": dataset, "model": model, "width": width, "agents": n, "topology": topology,
                              "method": method, "family": METHODS.get(method).family, "steps_per_epoch": steps,
                              "epochs_per_round": epochs_per_round,

@@ -99,7 +99,18 @@ def from_dict(cls, data: Mapping[str, Any]):
 
 
 def to_dict(config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as plain keys and values (what `from_dict` reads back)."""
+    return config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+
+
+def keys(cls) -> list[str]:
+    """The config keys of `cls`: its fields, or what a composite config's `keys()` says."""
+    return cls.keys() if hasattr(cls, "keys") else [f.name for f in dataclasses.fields(cls)]
+
+
+def build(cls, data: Mapping[str, Any]):
+    """`from_dict`, or a composite config's own `from_mapping` (e.g. a cell: run keys + method options)."""
+    return cls.from_mapping(data) if hasattr(cls, "from_mapping") else from_dict(cls, data)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -125,12 +136,23 @@ def flag(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field. Flags default to 'not given', so they override only what they name."""
-    hints = typing.get_type_hints(cls)
+    """One flag per config key (a composite config adds its own groups). Flags default to 'not
+    given', so they override only what they name."""
+    if hasattr(cls, "add_arguments"):
+        cls.add_arguments(parser)
+        return
     group = parser.add_argument_group(f"{cls.__name__} (the same keys work in --config files)")
-    for f in dataclasses.fields(cls):
+    add_fields(group, cls, dataclasses.fields(cls))
+
+
+def add_fields(group, cls, fields, default_text: Callable[[dataclasses.Field], str] | None = None) -> None:
+    """Flags for `fields` of dataclass `cls` in an argparse group; `default_text` shows a field's
+    default (default: its value)."""
+    hints = typing.get_type_hints(cls)
+    for f in fields:
         base, nullable = _base_type(hints[f.name])
-        help_text = f"{f.metadata.get('help', '')} [default: {f.default}]"
+        shown = default_text(f) if default_text else str(f.default)
+        help_text = f"{f.metadata.get('help', '')} [default: {shown}]"
         if base is bool:
             group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
@@ -154,7 +176,7 @@ def _cli_parser(name: str, base: type, nullable: bool):
 def resolve(cls, args: argparse.Namespace):
     """Config from `--config FILE` (if any) overridden by the flags given on the command line."""
     data = read_config_file(args.config) if getattr(args, "config", None) else {}
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(keys(cls))
     data.update({k: v for k, v in vars(args).items() if k in names})
-    return from_dict(cls, data)
+    return build(cls, data)
 

@@ -1,5 +1,5 @@
-"""Image datasets: one validated `.npz` cache per dataset, class-balanced subsets, and device-resident
-batches with batched augmentation.
+"""Image datasets: one validated `.npz` cache per dataset, the `data` command that fetches and
+fingerprints it, class-balanced subsets, and device-resident batches with batched augmentation.
 
 Cache layout (the same as `shared/data/README.md`): uint8 `x_train`/`x_test` (N, H, W, 3) RGB,
 integer `y_train`/`y_test` (N,), and `classes` (C,) names. Extra keys are kept but ignored.
@@ -7,6 +7,7 @@ integer `y_train`/`y_test` (N,), and `classes` (C,) names. Extra keys are kept b
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import urllib.request
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import config as cfg
 from .registry import ConfigError, Registry
-from .results import atomic_path
+from .results import atomic_path, provenance, write_json
 
 
 class DataError(RuntimeError):
@@ -242,6 +244,44 @@ def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) 
                         arrays["y_test"].astype(np.int64), arrays["classes"], path)
 
 
+@dataclass
+class DataConfig:
+    """the dataset"""
+
+    dataset: str = cfg.option("cifar10", "dataset", choices=DATASETS.names)
+    data_dir: str = cfg.option("resources/data", "folder with the <dataset>.npz caches (downloaded when missing)")
+    download: bool = cfg.option(True, "download and convert a dataset whose cache is missing")
+
+
+def sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_data(config: DataConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
+    """The `data` command: cache `config.dataset` in `config.data_dir` (downloading and converting it
+    when absent), validate it, and write the manifest `out` (JSON: the cache's path, bytes, SHA-256
+    and image counts). The pipeline runs it once per dataset before any pretraining, so parallel
+    pretraining jobs never download the same dataset twice."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError("out", str(out), "a file that does not exist yet (or pass --force)")
+    dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+    manifest = provenance(cfg.to_dict(config), "cpu")
+    manifest["cache"] = {"path": str(dataset.path), "bytes": dataset.path.stat().st_size,
+                         "sha256": sha256(dataset.path), "train_images": len(dataset.y_train),
+                         "test_images": len(dataset.y_test), "classes": len(dataset.classes)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, manifest)
+    if progress:
+        print(f"{config.dataset}: {dataset.path} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
+              f"images) -> {out}")
+    return out
+
+
 def balanced_subset(labels: np.ndarray, size: int, num_classes: int, field: str, seed: int = 0) -> np.ndarray:
     """Sorted indices of a class-balanced subset: size // C images per class, the first size % C
     classes one more. Depends only on (labels, size, seed), so every run seed sees the same subset."""
@@ -308,8 +348,8 @@ class DeviceData:
 def device_datasets(dataset: ArrayDataset, device, train_index: np.ndarray | None = None,
                     test_index: np.ndarray | None = None, legacy_normalization: bool = False,
                     augment: bool = True) -> tuple[DeviceData, DeviceData]:
-    """(train, test) DeviceData of the chosen subsets; train augmentation per SPEC §3 (crop+flip for
-    CIFAR, flip for Tiny ImageNet) unless augment is False."""
+    """(train, test) DeviceData of the chosen subsets; train augmentation (crop + flip for CIFAR, flip
+    for Tiny ImageNet, docs/benchmark.md#data-and-splits) unless augment is False."""
     info = dataset.info
     mean, std = info.stats(legacy_normalization)
     tr = slice(None) if train_index is None else train_index

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregate import SETTING_KEYS, agent_means, setting_label
+from .aggregate import agent_means, setting_label
+from .grid import SETTING_KEYS
 
 
 def _pyplot():
@@ -95,7 +96,7 @@ def shared_schedules(frame: pd.DataFrame) -> list[list[str]]:
     return [methods for _, methods in groups]
 
 
-def communication(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def communication_figure(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """One figure per dataset/model/width of `communication.communication_table` rows: messages
     (communication events) and megabytes per epoch over the whole network against the number of
     agents, log scale; solid for fc, dashed for ring (other topologies dotted). Methods with the

@@ -1,5 +1,5 @@
 """Model merging: permutations from activations (DIMAT) or from weights (WM), the Π-weighted sum of
-aligned models, and recomputing BatchNorm statistics afterwards (SPEC §5)."""
+aligned models, and recomputing BatchNorm statistics afterwards (docs/benchmark.md#merge-and-train-family)."""
 
 from __future__ import annotations
 

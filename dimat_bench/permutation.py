@@ -105,90 +105,110 @@ def trace(model: nn.Module) -> fx.GraphModule:
         raise UnsupportedModel(f"{type(model).__name__} cannot be traced by torch.fx: {error}") from error
 
 
-def permutation_spec(model: nn.Module, graph: fx.GraphModule | None = None) -> PermutationSpec:
-    """Derive the permutation groups of `model` (see the module docstring)."""
-    gm = graph if graph is not None else trace(model)
-    spaces = _Spaces()
-    space_of: dict[fx.Node, int] = {}
-    entries: list[tuple[int, str, int]] = []  # (space, key, axis)
-    producers: list[tuple[int, fx.Node, bool]] = []  # (space, node, is activation)
+class _ChannelTrace:
+    """Follows channel spaces through a traced graph, node by node: which weight axes share one
+    permutation (`entries`), and which nodes produce each space (`producers`, in graph order)."""
 
-    def input_space(node: fx.Node) -> int:
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.spaces = _Spaces()
+        self.space_of: dict[fx.Node, int] = {}
+        self.entries: list[tuple[int, str, int]] = []  # (space, key, axis)
+        self.producers: list[tuple[int, fx.Node, bool]] = []  # (space, node, is activation)
+
+    def input_space(self, node: fx.Node) -> int:
         arg = node.args[0]
-        if not isinstance(arg, fx.Node) or arg not in space_of:
+        if not isinstance(arg, fx.Node) or arg not in self.space_of:
             raise UnsupportedModel(f"node {node.name}: its input {arg} has no channel space")
-        return space_of[arg]
+        return self.space_of[arg]
 
-    for node in gm.graph.nodes:
+    def visit(self, node: fx.Node) -> None:
         if node.op == "placeholder":
-            space_of[node] = 0
+            self.space_of[node] = 0
         elif node.op == "get_attr":
             raise UnsupportedModel(f"node {node.name} reads attribute {node.target} directly")
         elif node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            prefix = node.target
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                source = input_space(node)
-                if isinstance(module, nn.Conv2d) and module.groups != 1:
-                    raise UnsupportedModel(f"{prefix}: grouped convolution (groups={module.groups})")
-                out = spaces.new(module.weight.shape[0])
-                entries.append((out, f"{prefix}.weight", 0))
-                if module.bias is not None:
-                    entries.append((out, f"{prefix}.bias", 0))
-                entries.append((source, f"{prefix}.weight", 1))
-                space_of[node] = out
-                producers.append((out, node, False))
-            elif isinstance(module, _KEEP_MODULES):
-                space = input_space(node)
-                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                    entries += [(space, f"{prefix}.{key}", 0) for key in _BN_KEYS
-                                if getattr(module, key, None) is not None]
-                space_of[node] = space
-                producers.append((space, node, isinstance(module, _ACTIVATION_MODULES)))
-            else:
-                raise UnsupportedModel(f"{prefix}: no permutation rule for {type(module).__name__}")
+            self.visit_module(node, self.gm.get_submodule(node.target))
         elif node.op in ("call_function", "call_method"):
-            target = node.target
-            if target in _ADD_FUNCTIONS or target in ("add", "add_", "__iadd__"):
-                operands = [a for a in node.args if isinstance(a, fx.Node)]
-                space = space_of[operands[0]]
-                for other in operands[1:]:
-                    space = spaces.union(space, space_of[other])
-                space_of[node] = space
-                producers.append((space, node, False))
-            elif target in _KEEP_FUNCTIONS or target in _KEEP_METHODS:
-                # flatten/view keep the channel space only after global pooling, as in every model we register
-                space_of[node] = input_space(node)
-                producers.append((space_of[node], node, target in _ACTIVATION_FUNCTIONS or target in ("relu", "relu_")))
-            elif (target is getattr and node.args[1] == "shape") or target == "size":
-                continue  # shape queries feed view(); they carry no channels
-            else:
-                raise UnsupportedModel(f"node {node.name}: no permutation rule for {target}")
+            self.visit_function(node)
         elif node.op == "output":
             result = node.args[0]
             if not isinstance(result, fx.Node):
                 raise UnsupportedModel("the model must return a single tensor")
-            spaces.union(space_of[result], 0)
+            self.spaces.union(self.space_of[result], 0)
 
-    groups: dict[int, PermutationGroup] = {}
-    for space, key, axis in entries:
-        root = spaces.find(space)
-        if root == 0:
-            continue
-        group = groups.setdefault(root, PermutationGroup(name="", size=spaces.size[root]))
-        group.axes.append((key, axis))
-    last_node: dict[int, fx.Node] = {}
-    last_activation: dict[int, fx.Node] = {}
-    for space, node, is_activation in producers:  # in graph order
-        root = spaces.find(space)
-        last_node[root] = node
-        if is_activation:
-            last_activation[root] = node
-    order = {node.name: i for i, node in enumerate(gm.graph.nodes)}
-    for root, group in groups.items():
-        group.feature_node = group.name = last_activation.get(root, last_node[root]).name
-    result = sorted(groups.values(), key=lambda g: order[g.feature_node])
-    return PermutationSpec(result)
+    def visit_module(self, node: fx.Node, module: nn.Module) -> None:
+        prefix = node.target
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            source = self.input_space(node)
+            if isinstance(module, nn.Conv2d) and module.groups != 1:
+                raise UnsupportedModel(f"{prefix}: grouped convolution (groups={module.groups})")
+            out = self.spaces.new(module.weight.shape[0])
+            self.entries.append((out, f"{prefix}.weight", 0))
+            if module.bias is not None:
+                self.entries.append((out, f"{prefix}.bias", 0))
+            self.entries.append((source, f"{prefix}.weight", 1))
+            self.space_of[node] = out
+            self.producers.append((out, node, False))
+        elif isinstance(module, _KEEP_MODULES):
+            space = self.input_space(node)
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                self.entries += [(space, f"{prefix}.{key}", 0) for key in _BN_KEYS
+                                 if getattr(module, key, None) is not None]
+            self.space_of[node] = space
+            self.producers.append((space, node, isinstance(module, _ACTIVATION_MODULES)))
+        else:
+            raise UnsupportedModel(f"{prefix}: no permutation rule for {type(module).__name__}")
+
+    def visit_function(self, node: fx.Node) -> None:
+        target = node.target
+        if target in _ADD_FUNCTIONS or target in ("add", "add_", "__iadd__"):
+            operands = [a for a in node.args if isinstance(a, fx.Node)]
+            space = self.space_of[operands[0]]
+            for other in operands[1:]:
+                space = self.spaces.union(space, self.space_of[other])
+            self.space_of[node] = space
+            self.producers.append((space, node, False))
+        elif target in _KEEP_FUNCTIONS or target in _KEEP_METHODS:
+            # flatten/view keep the channel space only after global pooling, as in every model we register
+            self.space_of[node] = self.input_space(node)
+            self.producers.append((self.space_of[node], node,
+                                   target in _ACTIVATION_FUNCTIONS or target in ("relu", "relu_")))
+        elif (target is getattr and node.args[1] == "shape") or target == "size":
+            return  # shape queries feed view(); they carry no channels
+        else:
+            raise UnsupportedModel(f"node {node.name}: no permutation rule for {target}")
+
+    def groups(self) -> list[PermutationGroup]:
+        """One group per space joined to neither the input nor the output, in graph order of its
+        feature node (the last activation producing it, else its last producer)."""
+        spaces, groups = self.spaces, {}
+        for space, key, axis in self.entries:
+            root = spaces.find(space)
+            if root == 0:
+                continue
+            group = groups.setdefault(root, PermutationGroup(name="", size=spaces.size[root]))
+            group.axes.append((key, axis))
+        last_node: dict[int, fx.Node] = {}
+        last_activation: dict[int, fx.Node] = {}
+        for space, node, is_activation in self.producers:  # in graph order
+            root = spaces.find(space)
+            last_node[root] = node
+            if is_activation:
+                last_activation[root] = node
+        order = {node.name: i for i, node in enumerate(self.gm.graph.nodes)}
+        for root, group in groups.items():
+            group.feature_node = group.name = last_activation.get(root, last_node[root]).name
+        return sorted(groups.values(), key=lambda g: order[g.feature_node])
+
+
+def permutation_spec(model: nn.Module, graph: fx.GraphModule | None = None) -> PermutationSpec:
+    """Derive the permutation groups of `model` (see the module docstring)."""
+    gm = graph if graph is not None else trace(model)
+    channels = _ChannelTrace(gm)
+    for node in gm.graph.nodes:
+        channels.visit(node)
+    return PermutationSpec(channels.groups())
 
 
 class FeatureExtractor(nn.Module):

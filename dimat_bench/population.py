@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DeviceData
+from .devices import inference_batch_size
 from .registry import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -162,8 +163,7 @@ class Population:
         """Every agent on the whole test set and on its own-class part of it. Returns per agent:
         test_acc, test_loss, own_acc, own_loss (accuracies as fractions, losses as mean cross-entropy
         in nats), own_images."""
-        if batch_size is None:  # small batches keep a CPU's caches warm; a GPU wants large ones
-            batch_size = 1000 if self.device.type == "cuda" else 100
+        batch_size = batch_size or inference_batch_size(self.device)
         for model in self.models:
             model.eval()
         n = len(self.test)

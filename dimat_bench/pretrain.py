@@ -1,4 +1,4 @@
-"""Pretraining (SPEC §6 step 1): N agents, each from its own random init, trained on its own shard.
+"""Pretraining (docs/benchmark.md#one-cell, step 1): N agents, each from its own random init, trained on its own shard.
 
 Outputs in `out/`: `agents.pt` (checkpoint), `metrics.csv` (one row per epoch × agent),
 `class_counts.csv` (one row per agent × class) and `meta.json` (resolved config, code version,
@@ -16,40 +16,18 @@ import torch
 
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, save_agents
-from .data import balanced_subset, device_datasets, load_dataset
-from .devices import auto_device
+from .data import DataConfig, balanced_subset, device_datasets, load_dataset
+from .devices import check_device, resolve_device
 from .models import check_model_name, create_model
 from .population import OPTIMIZERS, OptimizerSpec, Population, derive_seed
-from .prepare import DataConfig
 from .registry import ConfigError
 from .results import StagedDirectory, provenance, write_csv, write_json
 from .splits import SPLITS, create_split
 
 
-def check_device(value: str) -> None:
-    if value in ("auto", "cpu"):
-        return
-    try:
-        device = torch.device(value)
-    except RuntimeError as error:
-        raise ConfigError("device", value, "auto, cpu, cuda or cuda:<index>") from error
-    if device.type != "cuda":
-        raise ConfigError("device", value, "auto, cpu, cuda or cuda:<index>")
-    if not torch.cuda.is_available():
-        raise ConfigError("device", value, "auto or cpu on this machine (CUDA is not available)")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError("device", value, f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-
-
-def resolve_device(value: str) -> torch.device:
-    if value == "auto":
-        return auto_device()
-    return torch.device(value)
-
-
 @dataclass
 class PretrainConfig(DataConfig):
-    """DataConfig's dataset, data_dir and download, then the pretraining's own keys."""
+    """the pretraining: DataConfig's dataset, data_dir and download, then its own keys"""
 
     train_size: int | None = cfg.option(None, "class-balanced training subset size (none = the whole file)", min=2)
     test_size: int | None = cfg.option(None, "class-balanced test subset size (none = the whole file)", min=1)
@@ -132,34 +110,10 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
     with staged as workdir:
         train, test = device_datasets(dataset, device, train_index, test_index,
                                       config.legacy_normalization, config.augment)
-        models = []
-        for i in range(config.agents):
-            torch.manual_seed(derive_seed(config.seed, "init", i))
-            models.append(create_model(config.model, info.num_classes, width=config.width))
-        population = Population(models, split.shards, train, test,
+        population = Population(initial_models(config, info.num_classes), split.shards, train, test,
                                 [split.own_classes(i) for i in range(config.agents)],
                                 config.optimizer_spec(), config.batch_size, config.seed)
-        bar = Progress(population, config.epochs, progress)
-        rows, train_seconds, eval_seconds = [], 0.0, 0.0
-        for epoch in range(1, config.epochs + 1):
-            bar.epoch = epoch
-            lr = population.lr
-            trained = population.train_epoch(after_step=bar.after_step)
-            train_seconds += trained[0]["seconds"]
-            evaluated = [{}] * config.agents
-            if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
-                tick = time.perf_counter()
-                evaluated = population.evaluate()
-                seconds = time.perf_counter() - tick
-                eval_seconds += seconds
-                for e in evaluated:
-                    e["seconds_eval"] = seconds
-            for i in range(config.agents):
-                t = trained[i]
-                rows.append({"epoch": epoch, "agent": i, "lr": lr, "train_loss": t["train_loss"],
-                             "train_acc": t["train_acc"], "train_images": t["train_images"],
-                             "seconds_train": t["seconds"], **evaluated[i]})
-        bar.close()
+        rows, train_seconds, eval_seconds = train_epochs(population, config, progress)
 
         meta["seconds"] = {"train": train_seconds, "evaluate": eval_seconds,
                            "total": time.perf_counter() - started}
@@ -173,6 +127,42 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
         write_json(workdir / "meta.json", meta)
     print_summary(rows[-config.agents:], meta["seconds"]["total"], Path(out))
     return Path(out)
+
+
+def initial_models(config: PretrainConfig, num_classes: int) -> list[torch.nn.Module]:
+    """Every agent's model from its own seeded random init."""
+    models = []
+    for i in range(config.agents):
+        torch.manual_seed(derive_seed(config.seed, "init", i))
+        models.append(create_model(config.model, num_classes, width=config.width))
+    return models
+
+
+def train_epochs(population: Population, config: PretrainConfig, progress: bool) -> tuple[list[dict], float, float]:
+    """`config.epochs` epochs, evaluated after the last (and every `eval_every`); the metric rows
+    (METRIC_COLUMNS) and the seconds spent training and evaluating."""
+    bar = Progress(population, config.epochs, progress)
+    rows, train_seconds, eval_seconds = [], 0.0, 0.0
+    for epoch in range(1, config.epochs + 1):
+        bar.epoch = epoch
+        lr = population.lr
+        trained = population.train_epoch(after_step=bar.after_step)
+        train_seconds += trained[0]["seconds"]
+        evaluated = [{}] * config.agents
+        if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
+            tick = time.perf_counter()
+            evaluated = population.evaluate()
+            seconds = time.perf_counter() - tick
+            eval_seconds += seconds
+            for e in evaluated:
+                e["seconds_eval"] = seconds
+        for i in range(config.agents):
+            t = trained[i]
+            rows.append({"epoch": epoch, "agent": i, "lr": lr, "train_loss": t["train_loss"],
+                         "train_acc": t["train_acc"], "train_images": t["train_images"],
+                         "seconds_train": t["seconds"], **evaluated[i]})
+    bar.close()
+    return rows, train_seconds, eval_seconds
 
 
 def print_summary(rows: list[dict], seconds: float, out: Path) -> None:

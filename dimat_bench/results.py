@@ -48,17 +48,32 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], columns: list[str], meta: Mapping | None = None) -> None:
-    """Tidy CSV; with `meta`, the first line is `# dimat-bench meta: {json}` (pandas: comment='#')."""
+def write_table(path: str | os.PathLike, text: str, meta: Mapping) -> None:
+    """Write a table with its provenance on the first line, as a comment of the file's format: CSV
+    (`# dimat-bench meta: {json}`; pandas reads it with `comment="#"`), Markdown (an HTML comment)
+    or LaTeX (`%`). Atomic: the file is either absent, the old one, or complete."""
+    line = json.dumps(meta, sort_keys=False, default=str)
+    suffix = Path(path).suffix
+    if suffix == ".csv":
+        header = CSV_META_PREFIX + line
+    elif suffix == ".md":
+        header = f"<!-- dimat-bench meta: {line.replace('--', '- -')} -->"
+    elif suffix == ".tex":
+        header = f"% dimat-bench meta: {line}"
+    else:
+        raise ValueError(f"{path}: tables are .csv, .md or .tex")
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + "\n" + text)
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], columns: list[str], meta: Mapping) -> None:
+    """A tidy CSV of `rows` (floats to 6 significant digits, None as empty) with its provenance."""
     buffer = io.StringIO()
-    if meta is not None:
-        buffer.write(CSV_META_PREFIX + json.dumps(meta, sort_keys=False, default=str) + "\n")
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    write_table(path, buffer.getvalue(), meta)
 
 
 def _fmt(value):
@@ -160,13 +175,13 @@ def device_description(device) -> dict:
     return info
 
 
-def provenance(config: Mapping, device) -> dict:
-    """Everything a result file must carry: resolved config, code version, libraries, device."""
-    return {
-        "config": dict(config),
-        "code": code_version(),
-        "versions": library_versions(),
-        "device": device_description(device),
-        "command": sys.argv,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+def provenance(config: Mapping, device=None, libraries: tuple[str, ...] = (), **extra) -> dict:
+    """Everything a result file must carry: the resolved config, the code version, the library
+    versions (the engine's and `libraries`), the device it ran on (when it ran on one), the command
+    and the time, then `extra` (e.g. the cells a table was built from)."""
+    meta = {"config": dict(config), "code": code_version(), "versions": library_versions(libraries)}
+    if device is not None:
+        meta["device"] = device_description(device)
+    meta["command"] = sys.argv
+    meta["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return {**meta, **extra}

@@ -1,5 +1,5 @@
-"""Splitting a training set among N agents (SPEC §3). Every split is deterministic given its seed and
-returns index shards plus the per-agent class-count table."""
+"""Splitting a training set among N agents (docs/benchmark.md#data-and-splits). Every split is
+deterministic given its seed and returns index shards plus the per-agent class-count table."""
 
 from __future__ import annotations
 

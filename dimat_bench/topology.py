@@ -1,4 +1,4 @@
-"""Communication graphs and their mixing matrices (SPEC §2).
+"""Communication graphs and their mixing matrices (docs/benchmark.md#topologies-and-mixing-matrices).
 
 A graph is a function `(n_agents, **options) -> adjacency`, a symmetric boolean N×N matrix with
 self-loops; a weighting is a function `(adjacency, graph_name) -> mixing matrix`. Both are registries,

@@ -24,6 +24,14 @@ def cifar100(data_dir):
     return load_dataset("cifar100", data_dir, download=False)
 
 
+@pytest.fixture(scope="session")
+def batches(cifar10):
+    """200 normalised real CIFAR-10 training images in batches of 50."""
+    from helpers import real_batches
+
+    return real_batches(cifar10, count=200, batch=50)
+
+
 @pytest.fixture
 def cifar10_arrays(cifar10) -> dict[str, np.ndarray]:
     return {"x_train": cifar10.x_train, "y_train": cifar10.y_train, "x_test": cifar10.x_test,

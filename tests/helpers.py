@@ -1,11 +1,17 @@
 """Builders shared by several test modules."""
 
+from pathlib import Path
+
 import torch
 
 from dimat_bench.data import device_datasets
+from dimat_bench.matching import reset_batchnorm
+from dimat_bench.methods import METHODS, MethodContext, create_method
 from dimat_bench.models import create_model
 from dimat_bench.population import OptimizerSpec, Population, derive_seed
 from dimat_bench.splits import create_split
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 
 def make_population(dataset, n_agents=3, split="iid", seed=0, optimizer=OptimizerSpec(), batch_size=50,
@@ -43,4 +49,22 @@ def eval_images(dataset, count=64):
     return test.batch(torch.arange(count))[0]
 
 
-__all__ = ["make_population", "states_equal", "real_batches", "random_permutations", "eval_images"]
+def realistic_model(name, width, batches):
+    """A randomly initialised model whose BatchNorm statistics are those of real images."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, width=width)
+    reset_batchnorm(model, batches)
+    return model.eval()
+
+
+def method_for(name, population, topology, seed=0, **options):
+    """Method `name` on `population`, its options built by field name: its defaults, `options`, and
+    100 matching images where it takes them and they are not fixed."""
+    cls = METHODS.get(name)
+    if "match_samples" in cls.Options.__dataclass_fields__ and "match_samples" not in cls.fixed:
+        options = {"match_samples": 100, **options}
+    return create_method(name, MethodContext(population, topology, cls.build_options(options), seed=seed))
+
+
+__all__ = ["ROOT", "make_population", "states_equal", "real_batches", "random_permutations", "eval_images",
+           "realistic_model", "method_for"]

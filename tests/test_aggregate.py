@@ -66,11 +66,11 @@ def test_the_same_cell_twice_is_an_error_not_an_average(cells):
 
 def test_the_communication_figure_draws_one_curve_per_distinct_schedule(tmp_path):
     from dimat_bench.communication import communication_table
-    from dimat_bench.figures import communication, shared_schedules
+    from dimat_bench.figures import communication_figure, shared_schedules
 
     table = pd.DataFrame(communication_table(["dimat", "wa", "wm", "sgp", "cdsgd", "local"], "cifar10", "resnet20", 1,
                                              [5, 10, 20], ["ring", "fc"]))
     assert shared_schedules(table) == [["cdsgd", "sgp"], ["dimat", "wa", "wm"], ["local"]]
-    written = communication(table, tmp_path)
+    written = communication_figure(table, tmp_path)
     assert sorted(p.name for p in written) == ["communication_cifar10_resnet20_1.pdf", "communication_cifar10_resnet20_1.png"]
     assert all(p.stat().st_size > 1000 for p in written)

@@ -18,6 +18,8 @@ from dimat_bench.results import read_csv_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TINY = yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())
+TINY_CELLS = len(TINY["grid"][0]["methods"])
 
 
 def snakemake(*args, cwd):
@@ -57,13 +59,15 @@ def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(ti
 
 def test_the_communication_table_covers_every_method_agent_count_and_topology(tiny_run):
     table = pd.read_csv(tiny_run / "results" / "tables" / "communication.csv", comment="#")
-    assert len(table) == 4 * 2 * 2 and set(table["method"]) == {"dimat", "wa", "sgp", "cdsgd"}
+    assert len(table) == TINY_CELLS * 2 * 2 and set(table["method"]) == set(TINY["grid"][0]["methods"])
     # The fixture holds 500 training images (the data manifest says so): 4 agents get 120 (2 steps
     # of 100), 8 agents 60 (1 step); one epoch per round; a gossip step sends what a merge sends.
     assert table.groupby("agents")["steps_per_epoch"].first().to_dict() == {4: 2, 8: 1}
     wide = table.pivot_table(index=["agents", "topology"], columns="method", values="messages_per_epoch")
     assert (wide["sgp"] == wide["dimat"] * wide.index.get_level_values("agents").map({4: 2, 8: 1})).all()
     assert wide.loc[(8, "fc"), "wa"] == 8 * 7 and wide.loc[(8, "ring"), "wa"] == 8 * 2
+    # The variant with the authors' fc shortcut: everyone sends to agent 0, which sends the merge back.
+    assert wide.loc[(8, "fc"), "dimat_official"] == 2 * 7 and wide.loc[(8, "ring"), "dimat_official"] == 8 * 2
 
 
 def tables(work):
@@ -114,7 +118,8 @@ def test_killing_the_pipeline_during_a_cell_reruns_only_the_unfinished_work(sig,
         os.killpg(pipeline.pid, sig)  # snakemake and every job it started, as a terminal's Ctrl-C does
         pipeline.wait(timeout=120)
     finished = finished_cells(cells)
-    assert 1 <= len(finished) == registered() < 4 and not (tmp_path / "results" / "tables" / "main.csv").exists()
+    assert 1 <= len(finished) == registered() < TINY_CELLS
+    assert not (tmp_path / "results" / "tables" / "main.csv").exists()
 
     if sig == signal.SIGKILL:  # a killed Snakemake cannot release its lock on the working directory
         assert snakemake("--unlock", *args, cwd=tmp_path).returncode == 0
@@ -122,10 +127,10 @@ def test_killing_the_pipeline_during_a_cell_reruns_only_the_unfinished_work(sig,
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     log = rerun.stdout + rerun.stderr
     planned = re.search(r"\ncell\s+(\d+)\n", log)
-    assert planned and int(planned.group(1)) == 4 - len(finished)
+    assert planned and int(planned.group(1)) == TINY_CELLS - len(finished)
     assert not re.search(r"\npretrain\s+\d+\n", log), "the pretraining had finished"
     assert finished_cells(cells) == {**finished_cells(cells), **finished}  # finished cells were not recomputed
-    assert len(finished_cells(cells)) == 4
+    assert len(finished_cells(cells)) == TINY_CELLS
     assert not list((tmp_path / "results").rglob(".partial-*")), "the interrupted job's staging directory is gone"
     expected, got = tables(tiny_run), tables(tmp_path)
     for name in expected:
@@ -151,7 +156,7 @@ def test_moving_the_data_cache_reruns_nothing(tiny_run, tmp_path):
     (tmp_path / "more_rounds.yaml").write_text(yaml.safe_dump(changed))
     result = snakemake("-n", "--configfile", "config.yaml", str(tmp_path / "more_rounds.yaml"), "--config",
                        f"data_dir={tmp_path / 'moved'}", cwd=tiny_run)
-    assert re.search(r"\ncell\s+4\n", result.stdout) and not re.search(r"\npretrain\s", result.stdout)
+    assert re.search(rf"\ncell\s+{TINY_CELLS}\n", result.stdout) and not re.search(r"\npretrain\s", result.stdout)
 
 
 def bad_grid(**changes):
@@ -168,6 +173,11 @@ def bad_grid(**changes):
     (bad_grid(agents=1), "agents"),
     ({"grid": []}, "grid"),
     ({"communication": {"agents": [5], "topologies": ["star"]}}, "topology: got 'star'"),
+    ({"run": {"match_sample": 5}}, "run.match_sample: got 5; allowed: keys of `python -m dimat_bench run --help`"),
+    (bad_grid(methods=["dimat_global"]) | {"run": {"match_data": "local"}},
+     "match_data: got 'local'; allowed: 'global'. dimat_global is dimat with match_data fixed"),
+    (bad_grid(split=["iid", "nonid"]), "split: got 'nonid'"),
+    ({"only": {"methods": ["wa"]}}, "only: got 'methods'; allowed: cell keys: dataset, model"),
 ])
 def test_bad_configs_fail_at_validation_before_any_job(change, message, tmp_path):
     config = {**yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text()), **change}
@@ -214,6 +224,11 @@ def test_engine_env_asks_for_the_cuda_build_of_pytorch():
     text = (ROOT / "workflow" / "envs" / "engine.yaml").read_text()
     assert "torch==2.14.1" in text
     assert not re.search(r"cpuonly|\+cpu|whl/cpu", text)
+
+
+def test_the_workflow_lints_clean():
+    result = snakemake("--lint", cwd=ROOT)
+    assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
 def test_the_default_profile_plans_the_paper_grid():

@@ -1,32 +1,41 @@
-"""The Method interface. A method touches agents only through the Population."""
+"""The Method interface, its registry, the options every method takes, and named variants.
+
+A method is a class registered by name with `@register("name")`. Its settings are one dataclass,
+`Options`, declared next to the code that reads them (a subclass of `MethodOptions`, which holds the
+local optimizer every method trains with); the runner builds it by field name from the run config,
+validates it strictly and records it resolved. A variant (`variant("dimat_global", "dimat",
+match_data="global")`) is a registered method with some options fixed: a name, not a new class to
+write. A method touches agents only through the Population."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
 
-from ..population import Population
+from .. import config as cfg
+from ..population import OPTIMIZERS, OptimizerSpec, Population
+from ..registry import ConfigError, Registry
 from ..topology import Topology
 
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Method knobs from the run config (see RunConfig for their meaning)."""
+    """every method: the local optimizer"""
 
-    match_data: str = "local"
-    match_samples: int | None = None
-    match_augment: bool = False
-    match_batch_size: int = 100
-    bn_reset: bool | None = None
-    bn_momentum_cumulative: bool = False
-    fc_merge_once: bool = False
-    wm_max_sweeps: int = 100
-    gossip_momentum: float = 0.9
-    reset_optimizer: bool = True
+    optimizer: str = cfg.option("adam", "local optimizer: adam or sgd", choices=lambda: list(OPTIMIZERS))
+    lr: float = cfg.option(1e-3, "learning rate", min=0.0)
+    lr_decay: float = cfg.option(1.0, "learning-rate factor applied after every epoch", min=0.0, max=1.0)
+    momentum: float = cfg.option(0.9, "SGD momentum of the local optimizer (Adam ignores it)", min=0.0, max=1.0)
+    weight_decay: float = cfg.option(0.0, "L2 weight decay", min=0.0)
+    reset_optimizer: bool = cfg.option(True, "re-create the optimizer at the start of every round")
+
+    def optimizer_spec(self) -> OptimizerSpec:
+        return OptimizerSpec(self.optimizer, self.lr, self.momentum, self.weight_decay, self.lr_decay)
 
 
 @dataclass
@@ -40,33 +49,45 @@ class MethodContext:
 class Method:
     """One decentralized algorithm.
 
-    `family` decides the round (SPEC §6): "merge" methods communicate once per round in `communicate`
-    (then the runner evaluates and trains E epochs); "gossip" methods communicate inside training,
-    every minibatch step; "local" methods never communicate. `defaults` are the optimizer settings
-    used when the run config leaves them unset.
+    `family` decides the round (docs/benchmark.md#one-cell): "merge" methods communicate once per
+    round in `communicate` (then the runner evaluates and trains E epochs); "gossip" methods
+    communicate inside training, every minibatch step; "local" methods never communicate.
 
     Communication is counted in messages: one message is one model sent by one agent to one
     receiver. Subclasses call `sent(messages, elements)` whenever agents send (it keeps
-    `messages_sent` and `bytes_sent` per agent) and add to `communicate_seconds` (through `Timer`) for
-    time spent communicating or merging. The class methods `exchanges_per_round`,
+    `messages_sent` and `bytes_sent` per agent) and wrap the work in `with self.communicating():` so
+    its wall time lands in `communicate_seconds`. The class methods `exchanges_per_round`,
     `messages_per_exchange` and `message_elements` state the same schedule analytically: the
-    communication figure is drawn from them, and the tests check them against what a run counted."""
+    communication table and figure are drawn from them, and the tests check them against what a run
+    counted."""
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = "merge"
     random_communication: ClassVar[bool] = False  # messages_per_exchange is then an upper bound
-    defaults: ClassVar[dict] = {"optimizer": "adam", "lr": 1e-3, "lr_decay": 1.0, "momentum": 0.9,
-                                "reset_optimizer": True}
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    fixed: ClassVar[dict[str, Any]] = {}  # a variant's options, which the run config cannot change
+    variant_of: ClassVar[str | None] = None
 
     def __init__(self, context: MethodContext):
         self.population = context.population
         self.topology = context.topology
         self.options = context.options
         self.seed = context.seed
-        self.reset_optimizer = context.options.reset_optimizer
         self.messages_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.bytes_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.communicate_seconds = 0.0
+
+    @classmethod
+    def build_options(cls, given: Mapping[str, Any] | None = None) -> MethodOptions:
+        """This method's options: its defaults, a variant's fixed values, then `given` (validated by
+        field name; a variant's fixed option cannot be changed)."""
+        given = dict(given or {})
+        for key, value in given.items():
+            if key in cls.fixed and value != cls.fixed[key]:
+                raise ConfigError(key, value, repr(cls.fixed[key]),
+                                  f"{cls.name} is {cls.variant_of} with {key} fixed; use method {cls.variant_of} "
+                                  "to change it")
+        return cfg.from_dict(cls.Options, {**cls.fixed, **given})
 
     # --- what subclasses override -------------------------------------------------------------
 
@@ -74,11 +95,10 @@ class Method:
         """Merge-family methods: exchange models with neighbours once (round_index starts at 1)."""
 
     def train(self, epochs: int, after_step: Callable[[int], None] | None = None) -> list[dict]:
-        """E local epochs; merge and local methods re-create the optimizer first when configured."""
-        if self.reset_optimizer:
+        """E local epochs; the optimizer is re-created first when `reset_optimizer` says so."""
+        if self.options.reset_optimizer:
             self.population.reset_optimizers()
-        stats = [self.population.train_epoch(after_step=after_step) for _ in range(epochs)]
-        return merge_epoch_stats(stats)
+        return round_train_stats([self.population.train_epoch(after_step=after_step) for _ in range(epochs)])
 
     # --- the communication schedule, analytically ---------------------------------------------
 
@@ -109,6 +129,15 @@ class Method:
         self.messages_sent += messages
         self.bytes_sent += messages * elements * 4
 
+    @contextlib.contextmanager
+    def communicating(self) -> Iterator[None]:
+        """Adds the wall time of the `with` block to `communicate_seconds` (merging, or gossip mixing)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.communicate_seconds += time.perf_counter() - start
+
     @staticmethod
     def model_elements(model: torch.nn.Module, buffers: bool) -> int:
         """Numbers in one message: parameters, plus floating-point buffers when `buffers`."""
@@ -125,19 +154,41 @@ def out_degrees(matrix: np.ndarray) -> np.ndarray:
     return sends.sum(axis=0)
 
 
-def merge_epoch_stats(epochs: list[list[dict]]) -> list[dict]:
-    """Per agent: the last epoch's train loss/accuracy, images and seconds summed over epochs."""
+def round_train_stats(epochs: list[list[dict]]) -> list[dict]:
+    """Per agent, one round's training: the last epoch's train loss/accuracy, and images and seconds
+    summed over the round's epochs."""
     last = epochs[-1]
     return [{**last[i], "train_images": sum(e[i]["train_images"] for e in epochs),
              "seconds": sum(e[i]["seconds"] for e in epochs)} for i in range(len(last))]
 
 
-class Timer:
-    def __init__(self, method: Method):
-        self.method = method
+# --- the registry -------------------------------------------------------------------------------
 
-    def __enter__(self):
-        self.start = time.perf_counter()
+METHODS: Registry[type[Method]] = Registry("method")
 
-    def __exit__(self, *exc):
-        self.method.communicate_seconds += time.perf_counter() - self.start
+
+def register(name: str):
+    """Class decorator: register a Method subclass under `name`."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def variant(name: str, of: str, **fixed) -> type[Method]:
+    """Register `name`: method `of` with the options `fixed` (checked now, so a bad variant fails on
+    import). Tables, figures and the grid treat it as a method of its own."""
+    base = METHODS.get(of)
+    fixed = {**base.fixed, **fixed}
+    cls = type(f"{base.__name__}_{name}", (base,), {
+        "fixed": fixed, "variant_of": base.variant_of or of, "__module__": base.__module__,
+        "__doc__": f"{of} with " + ", ".join(f"{k}={v!r}" for k, v in fixed.items())})
+    register(name)(cls)
+    cls.build_options()
+    return cls
+
+
+def create_method(name: str, context: MethodContext) -> Method:
+    return METHODS.get(name)(context)

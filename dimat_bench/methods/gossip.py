@@ -5,16 +5,37 @@ update and mix. Only trainable parameters are mixed; BatchNorm buffers stay loca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from . import register
-from .base import Method, Timer, merge_epoch_stats, out_degrees
+from .. import config as cfg
+from ..population import OPTIMIZERS
+from .base import Method, MethodOptions, out_degrees, register, round_train_stats
+
+
+@dataclass(frozen=True)
+class GossipOptions(MethodOptions):
+    """gossip methods: the authors' SGD, lr 0.01 decayed ×0.981 per epoch, never re-created"""
+
+    optimizer: str = cfg.option("sgd", "local optimizer: adam or sgd", choices=lambda: list(OPTIMIZERS))
+    lr: float = cfg.option(0.01, "learning rate", min=0.0)
+    lr_decay: float = cfg.option(0.981, "learning-rate factor applied after every epoch", min=0.0, max=1.0)
+    momentum: float = cfg.option(0.0, "SGD momentum of the local optimizer (Adam ignores it)", min=0.0, max=1.0)
+    reset_optimizer: bool = cfg.option(False, "re-create the optimizer at the start of every round")
+
+
+@dataclass(frozen=True)
+class MomentumGossipOptions(GossipOptions):
+    """cdmsgd: the consensus step's momentum"""
+
+    gossip_momentum: float = cfg.option(0.9, "Nesterov momentum μ of the consensus step", min=0.0, max=1.0)
 
 
 class GossipMethod(Method):
     family = "gossip"
-    defaults = {"optimizer": "sgd", "lr": 0.01, "lr_decay": 0.981, "momentum": 0.0, "reset_optimizer": False}
+    Options = GossipOptions
     extra_elements = 0  # numbers sent besides the parameters (SGP's push-sum weight)
 
     def __init__(self, context):
@@ -40,10 +61,10 @@ class GossipMethod(Method):
 
     def train(self, epochs, after_step=None):
         stats = [self.population.train_epoch(after_step=after_step, update=self._update) for _ in range(epochs)]
-        return merge_epoch_stats(stats)
+        return round_train_stats(stats)
 
     def _update(self, step: int, active: list[int]) -> None:
-        with Timer(self):
+        with self.communicating():
             population = self.population
             params, grads = population.flat_parameters(), population.flat_gradients()
             population.load_flat_parameters(self.step(params, grads, population.lr))
@@ -70,6 +91,8 @@ class CDSGD(GossipMethod):
 @register("cdmsgd")
 class CDMSGD(GossipMethod):
     """CDSGD with Nesterov momentum μ: m ← μ m + g; x_i ← Σ_j Π_ij x_j − η (g + μ m)."""
+
+    Options = MomentumGossipOptions
 
     def __init__(self, context):
         super().__init__(context)

@@ -1,20 +1,65 @@
-"""Merge-and-train methods (one communication per round): WA, DIMAT, WM."""
+"""Merge-and-train methods (one communication per round): WA, DIMAT, WM, and their options."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from .. import config as cfg
+from ..devices import inference_batch_size
 from ..matching import activation_permutations, batchnorm_layers, reset_batchnorm, weight_permutations, weighted_sum
 from ..permutation import FeatureExtractor, permutation_spec
 from ..population import derive_seed
-from . import register
-from .base import Method, MethodOptions, Timer, out_degrees
+from .base import Method, MethodOptions, out_degrees, register
+
+# The authors' code: match on the whole (augmented) training set, BN momentum left cumulative after a
+# merge, and under fc only agent 0 merges while every agent receives its result.
+OFFICIAL = {"match_data": "global", "match_samples": None, "match_augment": True, "bn_momentum_cumulative": True,
+            "fc_merge_once": True}
+PRESETS = {"official": OFFICIAL}
 
 
-def merges_once(matrix: np.ndarray, options: MethodOptions) -> bool:
+@dataclass(frozen=True)
+class MergeOptions(MethodOptions):
+    """merge methods: matching data, BatchNorm reset, the authors' switches"""
+
+    preset: str | None = cfg.option(None, "official = the authors' merge settings (explicit keys win)",
+                                    choices=lambda: list(PRESETS))
+    match_data: str = cfg.option("local", "matching/BN-reset data: local (own shard) or global (whole train set)",
+                                 choices=lambda: ["local", "global"])
+    match_samples: int | None = cfg.option(None, "images used for matching and BN reset (none = all)", min=1)
+    match_augment: bool = cfg.option(False, "augment the matching images")
+    bn_reset: bool = cfg.option(False, "recompute BatchNorm statistics on the matching data after a merge")
+    bn_momentum_cumulative: bool = cfg.option(False, "official: leave BN momentum cumulative after a merge")
+    fc_merge_once: bool = cfg.option(False, "official: under fc only agent 0 merges, everyone copies it")
+
+    @staticmethod
+    def with_preset(data: dict) -> dict:
+        """Preset values under the explicitly given keys."""
+        preset = data.get("preset")
+        if preset is None or preset not in PRESETS:
+            return data
+        return {**PRESETS[preset], **data}
+
+
+@dataclass(frozen=True)
+class AlignedMergeOptions(MergeOptions):
+    """aligning merges (dimat, wm): their BatchNorm reset is on by default"""
+
+    bn_reset: bool = cfg.option(True, "recompute BatchNorm statistics on the matching data after a merge")
+
+
+@dataclass(frozen=True)
+class WeightMatchingOptions(AlignedMergeOptions):
+    """wm: weight matching"""
+
+    wm_max_sweeps: int = cfg.option(100, "most coordinate-descent sweeps over the layers", min=1)
+
+
+def merges_once(matrix: np.ndarray, options: MergeOptions) -> bool:
     """The authors' fc shortcut applies: asked for, and every row of the mixing matrix is the same."""
     return options.fc_merge_once and bool(np.allclose(matrix, matrix[0]))
 
@@ -24,12 +69,12 @@ class MergeMethod(Method):
     BatchNorm statistics recomputed on agent i's matching data."""
 
     family = "merge"
-    bn_reset_default = False
+    Options = MergeOptions
 
     def __init__(self, context):
         super().__init__(context)
-        self.bn_reset = self.options.bn_reset if self.options.bn_reset is not None else self.bn_reset_default
         self.elements = self.message_elements(self.population.models[0])
+        self.match_batch_size = inference_batch_size(self.population.device)
 
     @classmethod
     def messages_per_exchange(cls, matrix, options):
@@ -55,13 +100,13 @@ class MergeMethod(Method):
         order = pool[torch.randperm(len(pool), generator=generator, device=population.device)]
         if options.match_samples is not None:
             order = order[:options.match_samples]
-        for lo in range(0, len(order), options.match_batch_size):
-            images, _ = population.train.batch(order[lo:lo + options.match_batch_size],
+        for lo in range(0, len(order), self.match_batch_size):
+            images, _ = population.train.batch(order[lo:lo + self.match_batch_size],
                                                generator if options.match_augment else None)
             yield images
 
     def communicate(self, round_index: int) -> None:
-        with Timer(self):
+        with self.communicating():
             population, matrix = self.population, self.topology.mixing_matrix
             states = population.state_dicts()
             merge_once = merges_once(matrix, self.options)
@@ -79,7 +124,7 @@ class MergeMethod(Method):
             else:
                 population.load_state_dicts([merged.get(i, states[i]) for i in range(population.n_agents)])
             self.sent(self.messages_per_exchange(matrix, self.options), self.elements)
-            if self.bn_reset:
+            if self.options.bn_reset:
                 for i, model in enumerate(population.models):
                     if i not in merged and not merge_once:
                         continue
@@ -100,7 +145,7 @@ class WeightAveraging(MergeMethod):
 class DIMAT(MergeMethod):
     """DIMAT: each neighbour aligned to agent i by activation matching on i's matching data."""
 
-    bn_reset_default = True
+    Options = AlignedMergeOptions
 
     def __init__(self, context):
         super().__init__(context)
@@ -122,7 +167,7 @@ class DIMAT(MergeMethod):
 class WeightMatching(MergeMethod):
     """WM (git re-basin weight matching): each neighbour aligned to agent i from weights alone."""
 
-    bn_reset_default = True
+    Options = WeightMatchingOptions
 
     def __init__(self, context):
         super().__init__(context)

@@ -38,10 +38,6 @@ def check_model_name(name: str) -> None:
         MODELS.get(name)
 
 
-def model_names() -> list[str]:
-    return MODELS.names() + [TIMM_PREFIX + "<name>"]
-
-
 def _timm():
     try:
         import timm

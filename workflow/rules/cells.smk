@@ -7,7 +7,8 @@ rule cell:
     log:
         f"{CELL_DIR}.log",
     params:
-        flags=flags(config["run"]),
+        flags=lambda wildcards: grid.flags(grid.run_options(config, wildcards.method)),
+        data_dir=data_dir,
     threads: 1
     resources:
         gpu=ENGINE_GPUS,
@@ -15,5 +16,5 @@ rule cell:
         "../envs/engine.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
-        "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {config[data_dir]:q} {params.flags} "
+        "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} "
         "--out {output} --quiet > {log} 2>&1"

@@ -1,7 +1,6 @@
-import itertools
-
-import pandas as pd
 from snakemake.utils import validate
+
+from dimat_bench import grid
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -33,80 +32,22 @@ wildcard_constraints:
     method="[a-z0-9_]+",
 
 
-def grid_table(config) -> pd.DataFrame:
-    """One row per cell: every grid row expanded over its methods and seeds, then filtered."""
-    rows = []
-    for entry in config["grid"]:
-        for method, seed in itertools.product(entry["methods"], entry["seeds"]):
-            rows.append({k: entry[k] for k in ("dataset", "model", "width", "agents", "split", "topology")}
-                        | {"method": method, "seed": seed})
-    table = pd.DataFrame(rows).drop_duplicates()
-    for key, allowed in config.get("only", {}).items():
-        table = table[table[key].isin(allowed)]
-    return table.reset_index(drop=True)
-
-
-CELLS = grid_table(config)
+# One dict per cell (every grid row expanded, then filtered), checked by the engine before any job.
+CELLS = grid.expand_grid(config)
+grid.check_grid(config, CELLS)
+DATASETS = sorted({cell["dataset"] for cell in CELLS})
 
 
 def cell_dirs():
-    return [CELL_DIR.format(**row) for row in CELLS.to_dict("records")]
+    return [CELL_DIR.format(**cell) for cell in CELLS]
 
 
 def pretrain_dirs():
-    return sorted({PRETRAIN_DIR.format(**row) for row in CELLS.to_dict("records")})
+    return sorted({PRETRAIN_DIR.format(**cell) for cell in CELLS})
 
 
-def communication_settings(config, cells: pd.DataFrame) -> list[dict]:
-    """Arguments of `communication.communication_table` for every dataset/model/width of the grid,
-    with the grid's methods there and the pipeline's pretrain/run settings (plain types only)."""
-    from dimat_bench import config as engine_config
-    from dimat_bench.pretrain import PretrainConfig
-    from dimat_bench.run import RunConfig
-    from dimat_bench.topology import create_topology
-
-    run = engine_config.from_dict(RunConfig, {**config["run"], "pretrained": "-"})
-    pre = engine_config.from_dict(PretrainConfig, {**config["pretrain"], "data_dir": config["data_dir"]})
-    wanted = config["communication"]
-    for n in wanted["agents"]:  # a bad axis fails here, before any job
-        for topology in wanted["topologies"]:
-            create_topology(topology, n, run.mixing)
-    settings = []
-    for (dataset, model, width), rows in cells.groupby(["dataset", "model", "width"], sort=True):
-        settings.append({"methods": sorted(rows["method"].unique().tolist()), "dataset": dataset, "model": model,
-                         "width": int(width), "agents": list(wanted["agents"]), "topologies": list(wanted["topologies"]),
-                         "train_size": pre.train_size, "batch_size": run.batch_size or pre.batch_size,
-                         "epochs_per_round": run.epochs_per_round, "mixing": run.mixing,
-                         "fc_merge_once": run.fc_merge_once})
-    return settings
-
-
-def flags(options: dict) -> str:
-    """Config keys -> command-line flags of the engine (`train_size: 100` -> `--train-size 100`)."""
-    out = []
-    for key, value in options.items():
-        name = key.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(f"--{name}" if value else f"--no-{name}")
-        elif value is None:
-            out.append(f"--{name} none")
-        else:
-            out.append(f"--{name} {value}")
-    return " ".join(out)
-
-
-def check_grid(config, cells: pd.DataFrame) -> None:
-    """Every name and every engine key resolves before any job: the engine's own strict configs."""
-    from dimat_bench import config as engine_config
-    from dimat_bench.pretrain import PretrainConfig
-    from dimat_bench.run import RunConfig
-
-    for row in cells.to_dict("records"):
-        pre = {k: row[k] for k in ("dataset", "model", "width", "agents", "split", "seed")}
-        engine_config.from_dict(PretrainConfig, {**config["pretrain"], **pre, "data_dir": config["data_dir"]})
-        engine_config.from_dict(RunConfig, {**config["run"], "pretrained": "-", "method": row["method"],
-                                            "topology": row["topology"], "seed": row["seed"]})
-
-
-check_grid(config, CELLS)
-COMMUNICATION = communication_settings(config, CELLS)
+def data_dir(wildcards, output):
+    """Where the caches are: a location, not a setting. A params function that takes `output` is
+    one Snakemake derives from the job's files and leaves out of its rerun triggers, so moving
+    data_dir reruns nothing."""
+    return config["data_dir"]

@@ -10,9 +10,10 @@ rule data:
     log:
         f"{RESULTS}/data/{{dataset}}.log",
     params:
-        flags=flags({k: v for k, v in config["pretrain"].items() if k == "download"}),
+        flags=grid.flags({k: v for k, v in config["pretrain"].items() if k == "download"}),
+        data_dir=data_dir,
     conda:
         "../envs/engine.yaml"
     shell:
-        "python -m dimat_bench data --dataset {wildcards.dataset} --data-dir {config[data_dir]:q} {params.flags} "
+        "python -m dimat_bench data --dataset {wildcards.dataset} --data-dir {params.data_dir:q} {params.flags} "
         "--out {output} --quiet > {log} 2>&1"

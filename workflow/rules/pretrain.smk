@@ -7,7 +7,8 @@ rule pretrain:
     log:
         f"{PRETRAIN_DIR}.log",
     params:
-        flags=flags(config["pretrain"]),
+        flags=grid.flags(config["pretrain"]),
+        data_dir=data_dir,
     threads: 1
     resources:
         gpu=ENGINE_GPUS,
@@ -16,4 +17,4 @@ rule pretrain:
     shell:
         "OMP_NUM_THREADS={threads} python -m dimat_bench pretrain --dataset {wildcards.dataset} --model {wildcards.model} "
         "--width {wildcards.width} --agents {wildcards.agents} --split {wildcards.split} "
-        "--seed {wildcards.seed} --data-dir {config[data_dir]:q} {params.flags} --out {output} --quiet > {log} 2>&1"
+        "--seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} --out {output} --quiet > {log} 2>&1"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from dimat_bench.aggregate import collect_cells
-from dimat_bench.figures import accuracy_curves, class_counts, communication
+from dimat_bench.figures import accuracy_curves, class_counts, communication_figure
 
 sys.stderr = open(snakemake.log[0], "w")
 out = Path(snakemake.output[0])
@@ -18,4 +18,4 @@ for pretrained in snakemake.input.pretrained:
     name = "class_counts_{dataset}_{model}_{width}_{agents}_{split}_seed{seed}".format(**pre)
     title = "{dataset} {split}, {agents} agents, seed {seed}".format(**pre)
     class_counts(pd.read_csv(Path(pretrained) / "class_counts.csv", comment="#"), title, out / name)
-communication(pd.read_csv(snakemake.input.communication, comment="#"), out)
+communication_figure(pd.read_csv(snakemake.input.communication, comment="#"), out)

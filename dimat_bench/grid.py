@@ -1,0 +1,116 @@
+"""The pipeline's grid (workflow/rules/common.smk asks this module what to plan).
+
+A pipeline config's `grid` is a list of rows. A row's setting keys (dataset, model, width, agents,
+split, topology) each take one value or a list, and the row expands into the product of those lists
+× its `methods` × its `seeds`, one cell each, in the order written; `only: {key: [values]}` keeps the
+cells whose key is in the list. Before any job runs, every cell is checked by the engine's own strict
+configs; the `run:` keys go to each cell whose method takes them. The communication table of a grid
+is built here too, from the methods' own schedules."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable, Mapping
+
+from . import config as cfg
+from .communication import communication_table
+from .methods import METHODS
+from .pretrain import PretrainConfig
+from .registry import ConfigError, did_you_mean
+from .run import RUN_KEYS, CellConfig
+from .topology import create_topology
+
+# What identifies a cell: the pretraining's settings, then the run's.
+SETTING_KEYS = ["dataset", "model", "width", "agents", "split", "topology"]
+CELL_KEYS = SETTING_KEYS + ["method", "seed"]
+PRETRAIN_KEYS = ["dataset", "model", "width", "agents", "split", "seed"]
+
+
+def as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expand_grid(config: Mapping[str, Any]) -> list[dict]:
+    """One dict per cell (CELL_KEYS), rows in order, each the product of its lists, duplicates once."""
+    cells, seen = [], set()
+    for row in config["grid"]:
+        for setting in itertools.product(*(as_list(row[key]) for key in SETTING_KEYS)):
+            for method, seed in itertools.product(row["methods"], row["seeds"]):
+                cell = dict(zip(SETTING_KEYS, setting)) | {"method": method, "seed": seed}
+                if tuple(cell.values()) not in seen:
+                    seen.add(tuple(cell.values()))
+                    cells.append(cell)
+    for key, allowed in (config.get("only") or {}).items():
+        if key not in CELL_KEYS:
+            raise ConfigError("only", key, "cell keys: " + ", ".join(CELL_KEYS))
+        cells = [cell for cell in cells if cell[key] in allowed]
+    return cells
+
+
+def run_options(config: Mapping[str, Any], method: str) -> dict:
+    """The pipeline's `run:` keys that a cell of `method` takes: the run keys and its own options."""
+    takes = set(RUN_KEYS) | set(METHODS.get(method).Options.__dataclass_fields__)
+    return {key: value for key, value in config["run"].items() if key in takes}
+
+
+def cell_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> CellConfig:
+    """The engine's resolved config of one cell (its pretraining directory left as a placeholder)."""
+    return CellConfig.from_mapping({**run_options(config, cell["method"]), "pretrained": "-",
+                                    "method": cell["method"], "topology": cell["topology"], "seed": cell["seed"]})
+
+
+def pretrain_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> PretrainConfig:
+    return cfg.from_dict(PretrainConfig, {**config["pretrain"], **{k: cell[k] for k in PRETRAIN_KEYS},
+                                          "data_dir": config["data_dir"]})
+
+
+def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) -> None:
+    """Raise ConfigError for anything the engine would reject: a `run:` key no method takes, a bad
+    name or value in any cell, a communication axis that is not a graph."""
+    known = set(CellConfig.keys())
+    for key, value in config["run"].items():
+        if key not in known:
+            raise ConfigError(f"run.{key}", value, "keys of `python -m dimat_bench run --help`",
+                              did_you_mean(key, sorted(known)))
+    mixing = "official"
+    for cell in cells:
+        pretrain_config(config, cell)
+        mixing = cell_config(config, cell).run.mixing
+    for n in config["communication"]["agents"]:
+        for topology in config["communication"]["topologies"]:
+            create_topology(topology, n, mixing)
+
+
+def flags(options: Mapping[str, Any]) -> str:
+    """Config keys -> command-line flags of the engine (`train_size: 100` -> `--train-size 100`)."""
+    out = []
+    for key, value in options.items():
+        if isinstance(value, bool):
+            out.append(cfg.flag(key) if value else "--no-" + cfg.flag(key)[2:])
+        elif value is None:
+            out.append(f"{cfg.flag(key)} none")
+        else:
+            out.append(f"{cfg.flag(key)} {value}")
+    return " ".join(out)
+
+
+def communication_rows(config: Mapping[str, Any], manifests: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """The grid's communication table (`communication.communication_table` rows): for every
+    dataset/model/width, the grid's methods there with the options their cells run with, against
+    the config's `communication` axes. The data manifests give the training-set size where the
+    pretraining does not subsample it."""
+    train_images = {m["config"]["dataset"]: m["cache"]["train_images"] for m in manifests}
+    cells = expand_grid(config)
+    rows = []
+    for dataset, model, width in sorted({(c["dataset"], c["model"], c["width"]) for c in cells}):
+        here = [c for c in cells if (c["dataset"], c["model"], c["width"]) == (dataset, model, width)]
+        configs = {c["method"]: cell_config(config, c) for c in here}
+        pre = pretrain_config(config, here[0])
+        run = next(iter(configs.values())).run
+        axes = config["communication"]
+        rows += communication_table(sorted(configs), dataset, model, int(width), list(axes["agents"]),
+                                    list(axes["topologies"]),
+                                    train_size=pre.train_size or train_images[dataset],
+                                    batch_size=run.batch_size or pre.batch_size, epochs_per_round=run.epochs_per_round,
+                                    mixing=run.mixing, options={m: c.options for m, c in configs.items()})
+    return rows

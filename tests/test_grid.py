@@ -1,0 +1,59 @@
+"""The pipeline's grid: rows expand as products in the order written, `run:` keys reach the cells
+whose method takes them, and the paper grid is a few rows."""
+
+import pytest
+import yaml
+
+from dimat_bench import grid
+from dimat_bench.registry import ConfigError
+from helpers import ROOT
+
+ROW = {"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 5, "split": "iid", "topology": "fc",
+       "methods": ["wa"], "seeds": [0]}
+
+
+def config(*rows, run=None, only=None):
+    return {"grid": list(rows), "run": run or {}, "pretrain": {}, "data_dir": "d", "only": only or {},
+            "communication": {"agents": [5], "topologies": ["ring"]}}
+
+
+def test_a_row_expands_into_the_product_of_its_lists_in_the_order_written():
+    row = ROW | {"split": ["iid", "noniid"], "agents": [5, 10], "methods": ["wa", "sgp"], "seeds": [1, 0]}
+    cells = grid.expand_grid(config(row))
+    assert [(c["agents"], c["split"], c["method"], c["seed"]) for c in cells] == [
+        (5, "iid", "wa", 1), (5, "iid", "wa", 0), (5, "iid", "sgp", 1), (5, "iid", "sgp", 0),
+        (5, "noniid", "wa", 1), (5, "noniid", "wa", 0), (5, "noniid", "sgp", 1), (5, "noniid", "sgp", 0),
+        (10, "iid", "wa", 1), (10, "iid", "wa", 0), (10, "iid", "sgp", 1), (10, "iid", "sgp", 0),
+        (10, "noniid", "wa", 1), (10, "noniid", "wa", 0), (10, "noniid", "sgp", 1), (10, "noniid", "sgp", 0)]
+    assert list(cells[0]) == grid.CELL_KEYS
+
+
+def test_repeated_cells_count_once_and_only_filters_any_cell_key():
+    cells = grid.expand_grid(config(ROW | {"methods": ["wa", "sgp"]}, ROW | {"topology": ["fc", "ring"]}))
+    assert [(c["topology"], c["method"]) for c in cells] == [("fc", "wa"), ("fc", "sgp"), ("ring", "wa")]
+    only = grid.expand_grid(config(ROW | {"topology": ["fc", "ring"]}, only={"topology": ["ring"]}))
+    assert [c["topology"] for c in only] == ["ring"]
+
+
+def test_run_keys_reach_the_cells_whose_method_takes_them():
+    settings = config(ROW, run={"rounds": 3, "match_samples": 200, "lr": 0.1, "gossip_momentum": 0.5})
+    assert grid.run_options(settings, "dimat") == {"rounds": 3, "match_samples": 200, "lr": 0.1}
+    assert grid.run_options(settings, "sgp") == {"rounds": 3, "lr": 0.1}
+    assert grid.run_options(settings, "cdmsgd") == {"rounds": 3, "lr": 0.1, "gossip_momentum": 0.5}
+    wm = grid.cell_config(settings, {"method": "wm_noreset", "topology": "ring", "seed": 2})
+    assert (wm.options.match_samples, wm.run.seed, wm.run.topology) == (200, 2, "ring")
+    assert grid.flags({"match_samples": None, "bn_reset": False, "lr": 0.1}) == \
+        "--match-samples none --no-bn-reset --lr 0.1"
+
+
+def test_a_run_key_no_method_takes_fails_the_plan():
+    with pytest.raises(ConfigError, match="run.match_sample: got 5.*did you mean 'match_samples'"):
+        grid.check_grid(config(ROW, run={"match_sample": 5}), grid.expand_grid(config(ROW)))
+
+
+def test_the_paper_grid_is_a_few_rows_that_say_what_they_are_for():
+    paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert len(paper["grid"]) <= 8 and all(row.get("table") for row in paper["grid"])
+    cells = grid.expand_grid(paper)
+    assert len(cells) == 500
+    assert len({tuple(c[k] for k in grid.PRETRAIN_KEYS) for c in cells}) == 60

@@ -1,0 +1,91 @@
+"""Aligning and merging models: the derived permutation structure, activation and weight matching
+(a model merged with a channel-permuted copy of itself computes the same function), streamed
+correlations, the BatchNorm reset."""
+
+import numpy as np
+import pytest
+import torch
+
+from dimat_bench.matching import (CorrelationStats, activation_permutations, batchnorm_layers, reset_batchnorm,
+                                  weight_permutations, weighted_sum)
+from dimat_bench.models import create_model
+from dimat_bench.permutation import FeatureExtractor, permutation_spec
+from helpers import eval_images, random_permutations, realistic_model, states_equal
+
+ARCHITECTURES = [("resnet20", 1), ("resnet20", 2), ("vgg16_bn", 1), ("resnet50", 1), ("timm:resnet10t", 1)]
+
+
+@pytest.mark.parametrize("matcher", ["activation", "weight"])
+@pytest.mark.parametrize("name,width", ARCHITECTURES)
+def test_merging_with_a_permuted_copy_returns_the_same_function(name, width, matcher, batches, cifar10):
+    model = realistic_model(name, width, batches)
+    spec = permutation_spec(model)
+    state = model.state_dict()
+    permuted_state = spec.apply(state, random_permutations(spec))
+    assert not states_equal(state, permuted_state), "the copy must really be permuted"
+    copy = create_model(name, 10, width=width).eval()
+    copy.load_state_dict(permuted_state)
+    if matcher == "activation":
+        [perms] = activation_permutations(FeatureExtractor(model, spec), [FeatureExtractor(copy, spec)], batches, spec)
+    else:
+        perms = weight_permutations(state, permuted_state, spec)
+    merged = create_model(name, 10, width=width).eval()
+    merged.load_state_dict(weighted_sum([state, spec.apply(permuted_state, perms)], [0.5, 0.5]))
+    x = eval_images(cifar10)
+    with torch.no_grad():
+        expected, got = model(x), merged(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-4
+
+
+def test_streamed_correlation_equals_pearson_on_all_samples_at_once():
+    """Batches of unequal size, far-from-zero means, a dead channel (correlation 0, not NaN)."""
+    g = torch.Generator().manual_seed(0)
+    a = 50 + torch.randn(7, 6, 5, 5, generator=g)
+    b = torch.cat([a[:, :3] * 2 + 0.3 * torch.randn(7, 3, 5, 5, generator=g), torch.randn(7, 2, 5, 5, generator=g),
+                   torch.zeros(7, 1, 5, 5)], 1) - 20
+    stats = CorrelationStats(6, "cpu")
+    for lo, hi in [(0, 1), (1, 4), (4, 7)]:
+        stats.update(a[lo:hi], b[lo:hi])
+    flat = lambda x: x.movedim(1, -1).reshape(-1, 6).double().numpy()  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        expected = np.corrcoef(flat(a), flat(b), rowvar=False)[:6, 6:]
+    expected[:, 5] = 0.0  # no variance: numpy gives NaN
+    np.testing.assert_allclose(stats.correlation().numpy(), expected, rtol=0, atol=1e-5)
+    assert stats.n == 7 * 25
+
+
+def test_permutation_structure_has_the_specified_feature_points():
+    counts = {name: len(permutation_spec(create_model(name, 10)).groups) for name in ("resnet20", "vgg16_bn", "resnet50")}
+    assert counts == {"resnet20": 12, "vgg16_bn": 13, "resnet50": 37}
+    spec = permutation_spec(create_model("resnet20", 10))
+    stage1 = next(g for g in spec.groups if ("conv1.weight", 0) in g.axes)
+    # The stem, every stage-1 block output and stage 2's first conv and shortcut inputs share one permutation.
+    assert {("layer1.0.bn2.weight", 0), ("layer1.2.conv2.weight", 0), ("layer2.0.conv1.weight", 1),
+            ("layer2.0.shortcut.0.weight", 1)} <= set(stage1.axes)
+    assert not any(key.startswith("linear") and axis == 0 for g in spec.groups for key, axis in g.axes)
+
+
+def test_batchnorm_reset_is_the_exact_average_over_the_batches(batches):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    reset_batchnorm(model, batches)
+    with torch.no_grad():
+        first = [model.conv1(x) for x in batches]  # what bn1 normalises
+    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in first]).mean(0)
+    variances = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in first]).mean(0)
+    torch.testing.assert_close(model.bn1.running_mean, means, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.bn1.running_var, variances, rtol=1e-4, atol=1e-5)
+    assert model.bn1.momentum == 0.1 and model.bn1.num_batches_tracked.item() == len(batches)
+    reset_batchnorm(model, batches, keep_cumulative=True)
+    assert all(m.momentum is None for m in batchnorm_layers(model))
+
+
+def test_feature_extractor_follows_the_models_current_weights(cifar10):
+    """Extractors are built once per run; they must see every later load_state_dict."""
+    model = create_model("resnet20", 10).eval()
+    extractor = FeatureExtractor(model, permutation_spec(model))
+    torch.manual_seed(5)
+    model.load_state_dict(create_model("resnet20", 10).state_dict())
+    x = eval_images(cifar10, count=8)
+    with torch.no_grad():
+        assert torch.equal(extractor(x)[0], model(x))

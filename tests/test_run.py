@@ -1,0 +1,90 @@
+"""The `run` command: its config (run keys plus the chosen method's options), bad input, `--help`."""
+
+import dataclasses
+
+import pytest
+
+from dimat_bench.cli import build_parser, main
+from dimat_bench.methods import METHODS
+from dimat_bench.registry import ConfigError
+from dimat_bench.run import RUN_KEYS, CellConfig
+
+
+def cell(**data):
+    return CellConfig.from_mapping({"pretrained": "p", **data})
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"method": "fedavg"}, "method: got 'fedavg'; allowed: " + ", ".join(METHODS.names())),
+    ({"topology": "star"}, "topology: got 'star'"),
+    ({"rounds": -1}, "rounds: got -1; allowed: a number >= 1"),
+    ({"preset": "paper"}, "preset: got 'paper'; allowed: official"),
+    ({"method": "wa", "match_samples": 0}, "match_samples: got 0; allowed: a number >= 1"),
+    ({"method": "sgp", "match_samples": 50},
+     "match_samples: got 50; allowed: a key of dimat, dimat_global, dimat_official, wa, wm, wm_noreset only. "
+     "method sgp does not take it"),
+    ({"method": "dimat", "gossip_momentum": 0.5}, "gossip_momentum: got 0.5; allowed: a key of cdmsgd only"),
+    ({"match_sample": 50}, "match_sample: got 50; allowed: known keys only: .*did you mean 'match_samples'"),
+    ({"method": "dimat_global", "match_data": "local"},
+     "match_data: got 'local'; allowed: 'global'. dimat_global is dimat with match_data fixed; use method dimat"),
+    ({"pretrained": None}, "pretrained: got None"),
+])
+def test_bad_run_configs_fail_naming_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        cell(**data)
+
+
+def test_options_are_built_by_name_with_the_methods_own_defaults_and_round_trip():
+    dimat, sgp = cell(method="dimat", lr=0.01, match_samples=7), cell(method="sgp")
+    assert (dimat.options.optimizer, dimat.options.lr, dimat.options.match_samples, dimat.options.bn_reset) == \
+        ("adam", 0.01, 7, True)
+    assert (sgp.options.optimizer, sgp.options.lr, sgp.options.lr_decay, sgp.options.reset_optimizer) == \
+        ("sgd", 0.01, 0.981, False)
+    assert not hasattr(sgp.options, "match_samples")
+    for config in (dimat, sgp, cell(method="dimat_official"), cell(method="cdmsgd", gossip_momentum=0.5)):
+        assert CellConfig.from_mapping(config.to_dict()) == config
+        assert list(config.to_dict()) == RUN_KEYS + [f.name for f in dataclasses.fields(config.options)]
+
+
+def test_a_variant_is_its_method_with_options_fixed():
+    assert cell(method="dimat_global").options == cell(method="dimat", match_data="global").options
+    assert cell(method="dimat_global", match_data="global", lr=0.1).options.lr == 0.1  # the fixed value agrees
+    wm = cell(method="wm_noreset")
+    assert type(wm.options) is type(cell(method="wm").options) and not wm.options.bn_reset
+    assert METHODS.get("wm_noreset").variant_of == "wm" and issubclass(METHODS.get("wm_noreset"), METHODS.get("wm"))
+
+
+def run_parser():
+    return build_parser()._subparsers._group_actions[0].choices["run"]
+
+
+def test_run_help_groups_the_options_by_the_methods_that_take_them():
+    groups = {group.title: [a.dest for a in group._group_actions] for group in run_parser()._action_groups}
+    assert list(groups)[2:] == [
+        "the cell (the same keys work in --config files)",
+        "every method: the local optimizer (cdmsgd, cdsgd, dimat, local, sgp, wa, wm)",
+        "merge methods: matching data, BatchNorm reset, the authors' switches (dimat, wa, wm)",
+        "cdmsgd: the consensus step's momentum", "wm: weight matching"]
+    titles = list(groups)[2:]
+    assert groups[titles[0]] == RUN_KEYS
+    assert groups[titles[1]] == ["optimizer", "lr", "lr_decay", "momentum", "weight_decay", "reset_optimizer"]
+    assert groups[titles[3]] == ["gossip_momentum"] and groups[titles[4]] == ["wm_max_sweeps"]
+    assert sorted(key for title in titles for key in groups[title]) == sorted(CellConfig.keys())
+    text = " ".join(run_parser().format_help().split())
+    assert "[default: 0.01 (cdmsgd, cdsgd, sgp); 0.001 (dimat, local, wa, wm)]" in text
+    assert "[default: True (dimat, wm); False (wa)]" in text
+    assert "dimat_global = dimat with match_data='global'" in text
+
+
+def test_run_fails_before_compute_on_a_missing_or_corrupt_pretrained_dir(tmp_path, capsys, pretrained5):
+    assert main(["run", "--pretrained", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "pretrained: got" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "agents.pt").write_bytes((pretrained5 / "agents.pt").read_bytes()[:1000])
+    assert main(["run", "--pretrained", str(broken), "--out", str(tmp_path / "o")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert main(["run", "--pretrained", str(pretrained5), "--method", "sgp", "--match-samples", "5",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "method sgp does not take it" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
