@@ -22,4 +22,5 @@ rule all:
     input:
         rules.aggregate.output,
         rules.communication.output,
+        rules.claims.output,
         rules.figures.output,

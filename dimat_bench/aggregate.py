@@ -1,7 +1,12 @@
 """From stored cell outputs to tidy tables: every cell's `metrics.csv` tagged with the cell's
-settings, the final agent-averaged accuracy per cell, and the paper's main table (mean ± std over
-seeds, one row per method, one column per setting, best per column in bold) as CSV, Markdown and
-LaTeX. Needs pandas; reads only files, so tables rebuild without retraining."""
+settings, each cell's accuracy curve at a measurement point, the final agent-averaged accuracy per
+cell, and the main table (mean ± std over seeds, one row per method plus the pretrained agents, one
+column per setting, best per column in bold) as CSV, Markdown and LaTeX. Needs pandas; reads only
+files, so tables rebuild without retraining.
+
+Two measurement points (docs/benchmark.md#one-cell): `paper`, how the authors read their plots
+(merge methods right after each merge, gossip methods and `local` after each round's training), and
+`after_train` (every method after the same number of training epochs)."""
 
 from __future__ import annotations
 
@@ -11,17 +16,25 @@ from typing import Iterable
 
 import pandas as pd
 
-from .grid import CELL_KEYS
-
+from .grid import CELL_KEYS, SETTING_KEYS
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
+POINTS = {
+    "paper": "the authors' point: merge methods (DIMAT, WA, WM) right after each merge, gossip methods and "
+             "local after each round's training",
+    "after_train": "every method after each round's training (the same number of training epochs)",
+}
+PRETRAINED = "pretrained"  # the main table's row of the agents before any round
+TABLE_LIBRARIES = ("pandas", "matplotlib", "snakemake")
 
 
 def cell_settings(meta: dict) -> dict:
-    """The identifying settings of a cell from its `meta.json`."""
+    """The identifying settings of a cell from its `meta.json` (`seed`: the run's; the pretraining's
+    seed differs from it when seeds share one pretraining)."""
     pre, run = meta["pretrained"]["config"], meta["config"]
     return {"dataset": pre["dataset"], "model": pre["model"], "width": pre["width"], "agents": pre["agents"],
-            "split": pre["split"], "topology": run["topology"], "method": run["method"], "seed": pre["seed"]}
+            "split": pre["split"], "topology": run["topology"], "method": run["method"], "seed": run["seed"],
+            "pretrain_seed": pre["seed"], "epochs_per_round": run["epochs_per_round"]}
 
 
 def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
@@ -46,18 +59,51 @@ def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
 
 def agent_means(metrics: pd.DataFrame) -> pd.DataFrame:
     """Agent-averaged metrics per cell, round and phase."""
-    columns = ["test_acc", "test_loss", "own_acc", "consensus_distance", "bytes_sent"]
+    columns = ["test_acc", "test_loss", "own_acc", "consensus_distance", "messages_sent", "bytes_sent"]
     return metrics.groupby(CELL_KEYS + ["round", "phase"], sort=False)[columns].mean().reset_index()
 
 
+def curves(means: pd.DataFrame, point: str) -> pd.DataFrame:
+    """Each cell's agent-averaged curve at measurement `point`: round 0 (the pretrained agents), then
+    one row per round, from `after_merge` (paper point, cells that merge) or `after_train`."""
+    if point not in POINTS:
+        raise ValueError(f"measurement point {point!r}; allowed: {', '.join(POINTS)}")
+    merges = means.groupby(CELL_KEYS, sort=False)["phase"].transform(lambda p: (p == "after_merge").any())
+    phase = means["phase"]
+    wanted = (phase == "initial") | ((phase == "after_train") & ~(merges & (point == "paper")))
+    if point == "paper":
+        wanted |= phase == "after_merge"
+    return means[wanted].assign(point=point).reset_index(drop=True)
+
+
 def final_accuracy(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: the initial and final agent-averaged test accuracy (fractions) and bytes per agent."""
+    """Per cell: rounds, the pretrained agents' accuracy (`initial_acc`), the last round's accuracy at
+    each measurement point (`<point>_acc`, fractions), and messages and bytes sent per agent."""
     means = agent_means(metrics)
-    last = means["round"] == means.groupby(CELL_KEYS)["round"].transform("max")
-    final = means[last & (means["phase"] == "after_train")].set_index(CELL_KEYS)
     initial = means[means["phase"] == "initial"].set_index(CELL_KEYS)
-    return pd.DataFrame({"rounds": final["round"], "initial_acc": initial["test_acc"], "final_acc": final["test_acc"],
-                         "bytes_per_agent": final["bytes_sent"]}).reset_index()
+    last = means[means["round"] == means.groupby(CELL_KEYS)["round"].transform("max")]
+    trained = last[last["phase"] == "after_train"].set_index(CELL_KEYS)
+    final = pd.DataFrame({"rounds": trained["round"], "initial_acc": initial["test_acc"]})
+    for point in POINTS:
+        at_point = curves(means, point)
+        at_point = at_point[at_point["round"] == at_point.groupby(CELL_KEYS)["round"].transform("max")]
+        final[f"{point}_acc"] = at_point.set_index(CELL_KEYS)["test_acc"]
+    final["messages_per_agent"], final["bytes_per_agent"] = trained["messages_sent"], trained["bytes_sent"]
+    penalty = merge_penalty(means).groupby(CELL_KEYS)["penalty"]
+    final["merge_penalty_first"], final["merge_penalty_mean"] = penalty.first(), penalty.mean()
+    return final.reset_index()
+
+
+def merge_penalty(means: pd.DataFrame) -> pd.DataFrame:
+    """Per merging cell and round: what the merge did to the agent-averaged accuracy, in points
+    (right after the merge minus right before it: the previous round's training, or the pretrained
+    agents in round 1). Negative: the merge destroys accuracy that training must then win back."""
+    before = means[means["phase"].isin(["initial", "after_train"])].assign(round=lambda f: f["round"] + 1)
+    merged = means[means["phase"] == "after_merge"]
+    joined = merged.merge(before[CELL_KEYS + ["round", "test_acc"]], on=CELL_KEYS + ["round"],
+                          suffixes=("", "_before"))
+    return joined.assign(penalty=100 * (joined["test_acc"] - joined["test_acc_before"]))[CELL_KEYS + ["round",
+                                                                                                      "penalty"]]
 
 
 def setting_label(row) -> str:
@@ -66,22 +112,43 @@ def setting_label(row) -> str:
             f"{row['split']} {row['topology']}")
 
 
-def main_table(final: pd.DataFrame) -> pd.DataFrame:
-    """Long table: one row per (method, setting) with mean and std (over seeds) of the final
-    agent-averaged accuracy in percent, and the number of seeds."""
-    final = final.assign(setting=final.apply(setting_label, axis=1), final_pct=100 * final["final_acc"])
+def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
+    """Long table: one row per (method, setting) with mean and std over seeds of the final
+    agent-averaged accuracy in percent at `point`, the number of seeds, and per setting a
+    `pretrained` row (the agents every method started from)."""
+    final = final.assign(setting=final.apply(setting_label, axis=1), final_pct=100 * final[f"{point}_acc"],
+                         initial_pct=100 * final["initial_acc"])
     grouped = final.groupby(["method", "setting"], sort=True)["final_pct"]
-    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0),
-                         "seeds": grouped.size()}).reset_index()
+    table = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.size()}).reset_index()
+    # The pretrained agents of a setting and seed are the same for every method: one value per seed.
+    initial = final.groupby(["setting", "seed"], sort=True)["initial_pct"].first().groupby("setting")
+    pretrained = pd.DataFrame({"method": PRETRAINED, "mean": initial.mean(), "std": initial.std(ddof=1),
+                               "seeds": initial.size()}).reset_index()
+    return pd.concat([table, pretrained[table.columns]], ignore_index=True).assign(point=point)
 
 
 def _formatted(table: pd.DataFrame, bold) -> pd.DataFrame:
-    """Wide table of "mean ± std" strings, the best mean per column passed through `bold`."""
-    best = table.groupby("setting")["mean"].transform("max")
-    text = table.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f}", axis=1)
-    text = text.where(table["mean"] < best, text.map(bold))
+    """Wide table of "mean ± std" strings (the mean alone for one seed: no spread to report), the
+    best method per column passed through `bold`, the pretrained agents as the last row."""
+    methods = table[table["method"] != PRETRAINED]
+    best = methods.groupby("setting")["mean"].max()
+    is_best = (table["method"] != PRETRAINED) & (table["mean"] >= table["setting"].map(best))
+    text = table.apply(lambda r: f"{r['mean']:.2f}" if r["seeds"] < 2 else f"{r['mean']:.2f} ± {r['std']:.2f}",
+                       axis=1)
+    text = text.where(~is_best, text.map(bold))
     wide = table.assign(text=text).pivot(index="method", columns="setting", values="text")
-    return wide.fillna("–")
+    order = sorted(m for m in wide.index if m != PRETRAINED) + [PRETRAINED]
+    return wide.reindex([m for m in order if m in wide.index]).fillna("–")
+
+
+def caption(point: str, seeds: str, rounds: Iterable[int]) -> str:
+    """What a main table shows, in one sentence: the quantity, the point, the seeds, the rounds."""
+    rounds = sorted(set(int(r) for r in rounds))
+    pretraining = {"shared": "all seeds start from seed 0's pretrained agents (the authors' protocol)",
+                   "per_seed": "each seed pretrains its own agents"}[seeds]
+    return (f"Final agent-averaged test accuracy (%) after {'/'.join(map(str, rounds))} rounds, mean ± std over "
+            f"seeds (the mean alone for one seed); measurement point: {POINTS[point]}; {pretraining}; the "
+            f"`{PRETRAINED}` row is the agents before any round. Best method per column in bold.")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -91,24 +158,26 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    return markdown_table(_formatted(table, lambda s: f"**{s}**").reset_index())
+def to_markdown(table: pd.DataFrame, caption_text: str = "") -> str:
+    body = markdown_table(_formatted(table, lambda s: f"**{s}**").reset_index())
+    return f"{caption_text}\n\n{body}" if caption_text else body
 
 
-def to_latex(table: pd.DataFrame) -> str:
+def to_latex(table: pd.DataFrame, caption_text: str = "") -> str:
     wide = _formatted(table, lambda s: r"\textbf{" + s + "}").map(lambda s: s.replace("±", r"$\pm$"))
     wide.columns = [c.replace("×", r"$\times$") for c in wide.columns]
     columns = "l" + "c" * len(wide.columns)
-    lines = [r"\begin{tabular}{" + columns + "}", r"\toprule",
-             "method & " + " & ".join(c.replace("_", r"\_") for c in wide.columns) + r" \\", r"\midrule"]
+    lines = ([f"% {caption_text}"] if caption_text else []) + [
+        r"\begin{tabular}{" + columns + "}", r"\toprule",
+        "method & " + " & ".join(c.replace("_", r"\_") for c in wide.columns) + r" \\", r"\midrule"]
     lines += [method.replace("_", r"\_") + " & " + " & ".join(row) + r" \\" for method, row in wide.iterrows()]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-TABLE_LIBRARIES = ("pandas", "matplotlib", "snakemake")
-
-
 def cell_provenance(cell_dirs: Iterable[str | Path]) -> list[dict]:
     """Each cell's path and the code version that computed it (a table's provenance lists them)."""
     return [{"path": str(d), "code": json.loads((Path(d) / "meta.json").read_text()).get("code")} for d in cell_dirs]
+
+
+__all__ = ["SETTING_KEYS", "POINTS", "collect_cells", "agent_means", "curves", "final_accuracy", "main_table"]

@@ -24,6 +24,13 @@ def option(default, help: str, *, choices: Callable[[], list] | None = None, min
     return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max, "check": check})
 
 
+def redefault(cls, name: str, default):
+    """Field `name` of dataclass `cls` with another default (the same help, choices and bounds): how
+    a subclass changes a default for its own methods without repeating the field."""
+    inherited = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return field(default=default, metadata=inherited.metadata)
+
+
 def _base_type(tp) -> tuple[type, bool]:
     """(the non-None type, whether None is allowed) of an annotation such as `int | None`."""
     args = typing.get_args(tp)

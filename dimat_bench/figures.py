@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregate import agent_means, setting_label
+from .aggregate import agent_means, curves, setting_label
 from .grid import SETTING_KEYS
 
 
@@ -33,33 +33,96 @@ def save(fig, stem: Path) -> list[Path]:
     return paths
 
 
-def accuracy_curves(metrics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """One figure per setting: agent-averaged test accuracy (%) after each round's training, one
-    curve per method (mean over seeds, ±std band) starting at round 0 from the pretrained agents,
-    whose accuracy is also drawn dashed across."""
+def accuracy_curves(metrics: pd.DataFrame, out_dir: str | Path, references: dict | None = None) -> list[Path]:
+    """One figure per setting: agent-averaged test accuracy (%) per round, one colour per method (mean
+    over seeds, ±std band) from round 0 (the pretrained agents, also drawn dashed across): solid at
+    the paper's measurement point, dotted after training where the two differ (merge methods).
+    `references` (claims.yaml's) whose setting is this one are drawn beside the curves."""
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     means = agent_means(metrics)
     written = []
     for setting, frame in means.groupby(SETTING_KEYS, sort=True):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        initial = 100 * frame[frame["phase"] == "initial"]["test_acc"].mean()
-        curves = frame[frame["phase"].isin(["initial", "after_train"])]
-        for method, per_method in curves.groupby("method", sort=True):
-            by_round = per_method.groupby("round")["test_acc"]
-            mean, std = 100 * by_round.mean(), 100 * by_round.std(ddof=1).fillna(0.0)
-            line, = ax.plot(mean.index, mean.values, label=method, linewidth=1.6)
-            ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
-        ax.axhline(initial, color="black", linestyle="--", linewidth=1, label="initial")
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(setting_label(dict(zip(SETTING_KEYS, setting))), fontsize=9)
-        ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
-        ax.grid(alpha=0.3)
-        name = "accuracy_" + "_".join(str(v) for v in setting)
-        written += save(fig, Path(out_dir) / name)
+        setting = dict(zip(SETTING_KEYS, setting))
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        paper, trained = curves(frame, "paper"), curves(frame, "after_train")
+        for method, per_method in paper.groupby("method", sort=True):
+            line = _mean_curve(ax, per_method, "-", method)
+            if (frame[frame["method"] == method]["phase"] == "after_merge").any():
+                _mean_curve(ax, trained[trained["method"] == method], ":", None, line.get_color())
+        ax.axhline(100 * frame[frame["phase"] == "initial"]["test_acc"].mean(), color="black", linestyle="--",
+                   linewidth=1, label="pretrained")
+        _references(ax, setting, references or {})
+        _accuracy_axes(ax, setting_label(setting))
+        written += save(fig, Path(out_dir) / ("accuracy_" + "_".join(str(v) for v in setting.values())))
+        plt.close(fig)
+    return written
+
+
+def _mean_curve(ax, per_method: pd.DataFrame, style: str, label: str | None, colour=None):
+    """The mean over seeds of one method's curve, with a ±std band."""
+    by_round = per_method.groupby("round")["test_acc"]
+    mean, std = 100 * by_round.mean(), 100 * by_round.std(ddof=1).fillna(0.0)
+    line, = ax.plot(mean.index, mean.values, linestyle=style, label=label, linewidth=1.6, color=colour)
+    ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(),
+                    alpha=0.2 if style == "-" else 0.08)
+    return line
+
+
+def _references(ax, setting: dict, references: dict) -> None:
+    """Published points of this setting: a per-round curve (R3) as crosses, a final value (R1) as a
+    marker with its ± at the last round it refers to."""
+    for name, ref in references.items():
+        wanted = ref.get("setting", {})
+        if any(str(setting[key]) != str(value) for key, value in wanted.items()):
+            continue
+        if "rounds" in ref:
+            ax.plot(ref["rounds"], ref["values"], "kx", markersize=6, label=f"{name}: {ref['source']}")
+        else:
+            ax.errorbar([ref.get("round", 100)], [ref["value"]], yerr=[ref.get("std", 0.0)], fmt="ks", markersize=5,
+                        label=f"{name}: {ref['value']} ± {ref.get('std', 0.0)} ({ref['source']})")
+
+
+def _accuracy_axes(ax, title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{title}\nsolid: the paper's measurement point (merge methods after the merge); "
+                 "dotted: after training", fontsize=8)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+    ax.grid(alpha=0.3)
+
+
+def merge_penalty_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Where the grid runs one setting at several widths: what a merge does to the accuracy against
+    the width (mean over seeds of the first merge's and of every merge's penalty, in points), one
+    line per merge method. Wider networks are known to merge with less loss."""
+    plt = _pyplot()
+    merging = final.dropna(subset=["merge_penalty_first"])
+    keys = [k for k in SETTING_KEYS if k != "width"]
+    written = []
+    for setting, frame in merging.groupby(keys, sort=True):
+        if frame["width"].nunique() < 2:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        for ax, column, title in zip(axes, ["merge_penalty_first", "merge_penalty_mean"],
+                                     ["first merge", "mean over the rounds' merges"]):
+            for method, per_method in frame.groupby("method", sort=True):
+                by_width = per_method.groupby("width")[column]
+                mean, std = by_width.mean(), by_width.std(ddof=1).fillna(0.0)
+                ax.errorbar(mean.index, mean.values, yerr=std.values, marker="o", capsize=3, label=method)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(frame["width"].unique()), [str(w) for w in sorted(frame["width"].unique())])
+            ax.set_xlabel("width multiplier")
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("accuracy change at the merge (points)")
+        axes[0].legend(fontsize=8)
+        label = setting_label(dict(zip(keys, setting)) | {"width": "w"})
+        fig.suptitle(f"merge penalty against width: {label}", fontsize=9)
+        written += save(fig, Path(out_dir) / ("merge_penalty_" + "_".join(str(v) for v in setting)))
         plt.close(fig)
     return written
 

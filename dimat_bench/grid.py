@@ -47,6 +47,13 @@ def expand_grid(config: Mapping[str, Any]) -> list[dict]:
     return cells
 
 
+def pretrain_seed(config: Mapping[str, Any], cell: Mapping[str, Any]) -> int:
+    """The seed of the pretraining a cell starts from: its own (`pretrain_seeds: per_seed`), or seed 0
+    for every seed (`shared`: the authors' protocol, where seeds differ only in data order,
+    augmentation and matching samples)."""
+    return 0 if config.get("pretrain_seeds", "per_seed") == "shared" else int(cell["seed"])
+
+
 def run_options(config: Mapping[str, Any], method: str) -> dict:
     """The pipeline's `run:` keys that a cell of `method` takes: the run keys and its own options."""
     takes = set(RUN_KEYS) | set(METHODS.get(method).Options.__dataclass_fields__)
@@ -60,8 +67,9 @@ def cell_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> CellConfi
 
 
 def pretrain_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> PretrainConfig:
-    return cfg.from_dict(PretrainConfig, {**config["pretrain"], **{k: cell[k] for k in PRETRAIN_KEYS},
-                                          "data_dir": config["data_dir"]})
+    """The pretraining a cell starts from (see `pretrain_seed`)."""
+    keys = {k: cell[k] for k in PRETRAIN_KEYS} | {"seed": pretrain_seed(config, cell)}
+    return cfg.from_dict(PretrainConfig, {**config["pretrain"], **keys, "data_dir": config["data_dir"]})
 
 
 def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) -> None:

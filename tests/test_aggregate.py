@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dimat_bench.aggregate import collect_cells, final_accuracy, main_table, to_latex, to_markdown
+from dimat_bench.aggregate import (POINTS, PRETRAINED, agent_means, caption, collect_cells, final_accuracy,
+                                   main_table, merge_penalty, to_latex, to_markdown)
 from dimat_bench.cli import main
 
 @pytest.fixture(scope="module")
@@ -34,19 +35,52 @@ def test_final_accuracy_and_the_main_table_are_the_agent_and_seed_averages(cells
     final = final_accuracy(metrics)
     for _, row in final.iterrows():
         cell = metrics[(metrics["method"] == row["method"]) & (metrics["seed"] == row["seed"])]
-        last = cell[(cell["round"] == 1) & (cell["phase"] == "after_train")]
-        assert row["final_acc"] == pytest.approx(last["test_acc"].mean())
+        trained = cell[(cell["round"] == 1) & (cell["phase"] == "after_train")]["test_acc"].mean()
+        merged = cell[(cell["round"] == 1) & (cell["phase"] == "after_merge")]["test_acc"].mean()
+        assert row["after_train_acc"] == pytest.approx(trained)
+        # the paper's point: right after the merge for a merge method, after training otherwise
+        assert row["paper_acc"] == pytest.approx(merged if row["method"] == "wa" else trained)
         assert row["initial_acc"] == pytest.approx(cell[cell["phase"] == "initial"]["test_acc"].mean())
+    for point in POINTS:
+        table = main_table(final, point)
+        assert list(table["method"]) == ["local", "wa", PRETRAINED] and (table["seeds"] == 2).all()
+        assert (table["point"] == point).all()
+        for _, row in table.iterrows():
+            column = final.groupby("seed")["initial_acc"].first() if row["method"] == PRETRAINED else \
+                final[final["method"] == row["method"]].set_index("seed")[f"{point}_acc"]
+            values = 100 * column
+            assert row["mean"] == pytest.approx(values.mean()) and row["std"] == pytest.approx(np.std(values, ddof=1))
     table = main_table(final)
-    assert len(table) == 2 and (table["seeds"] == 2).all()
-    for _, row in table.iterrows():
-        values = 100 * final[final["method"] == row["method"]]["final_acc"]
-        assert row["mean"] == pytest.approx(values.mean()) and row["std"] == pytest.approx(np.std(values, ddof=1))
-    markdown, latex = to_markdown(table), to_latex(table)
-    best = table.loc[table["mean"].idxmax()]
-    assert f"**{best['mean']:.2f} ± {best['std']:.2f}**" in markdown
-    assert markdown.count("**") == 2 and all(f"| {m} |" in markdown for m in ("wa", "local"))
-    assert r"\textbf{" in latex and r"$\pm$" in latex and latex.count(r"\\") == 3
+    markdown, latex = to_markdown(table, "caption"), to_latex(table, "caption")
+    best = table[table["method"] != PRETRAINED].loc[lambda t: t["mean"].idxmax()]
+    assert markdown.startswith("caption\n\n") and f"**{best['mean']:.2f} ± {best['std']:.2f}**" in markdown
+    assert markdown.count("**") == 2 and all(f"| {m} |" in markdown for m in ("wa", "local", PRETRAINED))
+    assert markdown.rstrip().endswith("|") and markdown.splitlines()[-1].startswith(f"| {PRETRAINED} |")
+    assert r"\textbf{" in latex and r"$\pm$" in latex and latex.count(r"\\") == 4
+
+
+def test_one_seed_prints_no_spread(cells):
+    final = final_accuracy(collect_cells(cells[:2]))  # seed 0 only
+    markdown = to_markdown(main_table(final))
+    assert "±" not in markdown and "nan" not in markdown
+
+
+def test_the_caption_names_the_point_and_the_seeds():
+    text = caption("paper", "shared", [3, 3])
+    assert "after 3 rounds" in text and POINTS["paper"] in text and "seed 0's pretrained agents" in text
+    assert POINTS["after_train"] in caption("after_train", "per_seed", [100])
+
+
+def test_the_merge_penalty_is_the_change_at_each_merge(cells):
+    metrics = collect_cells(cells)
+    penalty = merge_penalty(agent_means(metrics))
+    assert set(penalty["method"]) == {"wa"} and (penalty["round"] == 1).all()
+    for _, row in penalty.iterrows():
+        cell = metrics[(metrics["method"] == "wa") & (metrics["seed"] == row["seed"])]
+        expected = cell[cell["phase"] == "after_merge"]["test_acc"].mean() - cell[cell["phase"] == "initial"][
+            "test_acc"].mean()
+        assert row["penalty"] == pytest.approx(100 * expected)
+
 
 def test_figures_are_written_as_png_and_pdf(cells, tmp_path, pretrained5):
     from dimat_bench.figures import accuracy_curves, class_counts
@@ -70,7 +104,8 @@ def test_the_communication_figure_draws_one_curve_per_distinct_schedule(tmp_path
 
     table = pd.DataFrame(communication_table(["dimat", "wa", "wm", "sgp", "cdsgd", "local"], "cifar10", "resnet20", 1,
                                              [5, 10, 20], ["ring", "fc"]))
-    assert shared_schedules(table) == [["cdsgd", "sgp"], ["dimat", "wa", "wm"], ["local"]]
+    # the official DIMAT merges once under fc: a schedule of its own
+    assert shared_schedules(table) == [["cdsgd", "sgp"], ["dimat"], ["local"], ["wa", "wm"]]
     written = communication_figure(table, tmp_path)
     assert sorted(p.name for p in written) == ["communication_cifar10_resnet20_1.pdf", "communication_cifar10_resnet20_1.png"]
     assert all(p.stat().st_size > 1000 for p in written)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from .. import config as cfg
-from ..population import OPTIMIZERS
 from .base import Method, MethodOptions, out_degrees, register, round_train_stats
 
 
@@ -19,11 +18,11 @@ from .base import Method, MethodOptions, out_degrees, register, round_train_stat
 class GossipOptions(MethodOptions):
     """gossip methods: the authors' SGD, lr 0.01 decayed ×0.981 per epoch, never re-created"""
 
-    optimizer: str = cfg.option("sgd", "local optimizer: adam or sgd", choices=lambda: list(OPTIMIZERS))
-    lr: float = cfg.option(0.01, "learning rate", min=0.0)
-    lr_decay: float = cfg.option(0.981, "learning-rate factor applied after every epoch", min=0.0, max=1.0)
-    momentum: float = cfg.option(0.0, "SGD momentum of the local optimizer (Adam ignores it)", min=0.0, max=1.0)
-    reset_optimizer: bool = cfg.option(False, "re-create the optimizer at the start of every round")
+    optimizer: str = cfg.redefault(MethodOptions, "optimizer", "sgd")
+    lr: float = cfg.redefault(MethodOptions, "lr", 0.01)
+    lr_decay: float = cfg.redefault(MethodOptions, "lr_decay", 0.981)
+    momentum: float = cfg.redefault(MethodOptions, "momentum", 0.0)
+    reset_optimizer: bool = cfg.redefault(MethodOptions, "reset_optimizer", False)
 
 
 @dataclass(frozen=True)

@@ -46,15 +46,20 @@ class MergeOptions(MethodOptions):
 
 
 @dataclass(frozen=True)
-class AlignedMergeOptions(MergeOptions):
-    """aligning merges (dimat, wm): their BatchNorm reset is on by default"""
+class DimatOptions(MergeOptions):
+    """dimat: the authors' merge (the `dimat_local` variant is the decentralized one)"""
 
-    bn_reset: bool = cfg.option(True, "recompute BatchNorm statistics on the matching data after a merge")
+    match_data: str = cfg.redefault(MergeOptions, "match_data", OFFICIAL["match_data"])
+    match_augment: bool = cfg.redefault(MergeOptions, "match_augment", OFFICIAL["match_augment"])
+    bn_reset: bool = cfg.redefault(MergeOptions, "bn_reset", True)
+    bn_momentum_cumulative: bool = cfg.redefault(MergeOptions, "bn_momentum_cumulative",
+                                                 OFFICIAL["bn_momentum_cumulative"])
+    fc_merge_once: bool = cfg.redefault(MergeOptions, "fc_merge_once", OFFICIAL["fc_merge_once"])
 
 
 @dataclass(frozen=True)
-class WeightMatchingOptions(AlignedMergeOptions):
-    """wm: weight matching"""
+class WeightMatchingOptions(MergeOptions):
+    """wm: weight matching (no BatchNorm reset by default, as the authors')"""
 
     wm_max_sweeps: int = cfg.option(100, "most coordinate-descent sweeps over the layers", min=1)
 
@@ -145,7 +150,7 @@ class WeightAveraging(MergeMethod):
 class DIMAT(MergeMethod):
     """DIMAT: each neighbour aligned to agent i by activation matching on i's matching data."""
 
-    Options = AlignedMergeOptions
+    Options = DimatOptions
 
     def __init__(self, context):
         super().__init__(context)

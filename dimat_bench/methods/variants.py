@@ -5,8 +5,9 @@ line here; the shared method tests pick it up by themselves."""
 from __future__ import annotations
 
 from .base import variant
-from .merge import OFFICIAL
 
-variant("dimat_global", "dimat", match_data="global")  # our DIMAT, matching on the whole training set
-variant("dimat_official", "dimat", **OFFICIAL)  # the authors' merge: global augmented data, their two switches
-variant("wm_noreset", "wm", bn_reset=False)  # the authors' WM: no BatchNorm reset after the merge
+# Our decentralized DIMAT: matching and BatchNorm reset on the agent's own shard (no data leaves it),
+# no augmentation, BatchNorm momentum restored, every agent merging itself under fc.
+variant("dimat_local", "dimat", match_data="local", match_augment=False, bn_momentum_cumulative=False,
+        fc_merge_once=False)
+variant("wm_reset", "wm", bn_reset=True)  # WM with DIMAT's BatchNorm reset after the merge

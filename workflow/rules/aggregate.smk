@@ -1,13 +1,19 @@
 rule aggregate:
-    """Every cell into tidy tables and the main table (mean ± std over seeds)."""
+    """Every cell into tidy tables, the curves at both measurement points, and the main table (mean ±
+    std over seeds) at the paper's point and after training."""
     input:
         cell_dirs(),
     output:
         metrics=f"{RESULTS}/tables/metrics.csv",
         final=f"{RESULTS}/tables/final.csv",
-        main=f"{RESULTS}/tables/main.csv",
-        markdown=report(f"{RESULTS}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
-        latex=f"{RESULTS}/tables/main.tex",
+        curves=f"{RESULTS}/tables/curves.csv",
+        main_csv=f"{RESULTS}/tables/main.csv",
+        main_md=report(f"{RESULTS}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
+        main_tex=f"{RESULTS}/tables/main.tex",
+        main_after_train_csv=f"{RESULTS}/tables/main_after_train.csv",
+        main_after_train_md=report(f"{RESULTS}/tables/main_after_train.md",
+                                   caption="../report/main_after_train_table.rst", category="Tables"),
+        main_after_train_tex=f"{RESULTS}/tables/main_after_train.tex",
     log:
         f"{RESULTS}/tables/aggregate.log",
     conda:
@@ -35,3 +41,21 @@ rule communication:
         "../envs/tables.yaml"
     script:
         "../scripts/communication.py"
+
+
+rule claims:
+    """A verdict on each of the paper's claims (dimat_bench/claims.yaml) from this grid's tables."""
+    input:
+        final=rules.aggregate.output.final,
+        curves=rules.aggregate.output.curves,
+        communication=rules.communication.output.csv,
+        claims=CLAIMS_FILE,
+    output:
+        csv=f"{RESULTS}/tables/claims.csv",
+        markdown=report(f"{RESULTS}/tables/claims.md", caption="../report/claims_table.rst", category="Claims"),
+    log:
+        f"{RESULTS}/tables/claims.log",
+    conda:
+        "../envs/tables.yaml"
+    script:
+        "../scripts/claims.py"

@@ -1,7 +1,7 @@
 rule cell:
     """One method on one topology, from the shared pretrained agents."""
     input:
-        PRETRAIN_DIR,
+        cell_pretrained,
     output:
         directory(CELL_DIR),
     log:

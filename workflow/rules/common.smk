@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from snakemake.utils import validate
 
 from dimat_bench import grid
@@ -6,6 +8,7 @@ from dimat_bench import grid
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
+CLAIMS_FILE = str(Path(grid.__file__).with_name("claims.yaml"))  # the claims the `claims` rule checks
 
 
 def visible_gpus() -> int:
@@ -42,8 +45,17 @@ def cell_dirs():
     return [CELL_DIR.format(**cell) for cell in CELLS]
 
 
+def pretrain_dir(cell) -> str:
+    """The pretraining a cell starts from: its own seed's, or seed 0's when seeds share one."""
+    return PRETRAIN_DIR.format(**{**cell, "seed": grid.pretrain_seed(config, cell)})
+
+
 def pretrain_dirs():
-    return sorted({PRETRAIN_DIR.format(**cell) for cell in CELLS})
+    return sorted({pretrain_dir(cell) for cell in CELLS})
+
+
+def cell_pretrained(wildcards):
+    return pretrain_dir({key: getattr(wildcards, key) for key in grid.CELL_KEYS})
 
 
 def data_dir(wildcards, output):

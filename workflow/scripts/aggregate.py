@@ -2,16 +2,23 @@
 # ruff: noqa: F821
 import sys
 
-from dimat_bench.aggregate import (TABLE_LIBRARIES, cell_provenance, collect_cells, final_accuracy, main_table,
-                                   to_latex, to_markdown)
+import pandas as pd
+
+from dimat_bench.aggregate import (POINTS, TABLE_LIBRARIES, agent_means, caption, cell_provenance, collect_cells,
+                                   curves, final_accuracy, main_table, to_latex, to_markdown)
 from dimat_bench.results import provenance, write_table
 
 sys.stderr = open(snakemake.log[0], "w")
 meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES, cells=cell_provenance(snakemake.input))
 metrics = collect_cells(snakemake.input)
-table = main_table(final_accuracy(metrics))
+final = final_accuracy(metrics)
+means = agent_means(metrics)
 write_table(snakemake.output.metrics, metrics.to_csv(index=False), meta)
-write_table(snakemake.output.final, final_accuracy(metrics).to_csv(index=False), meta)
-write_table(snakemake.output.main, table.to_csv(index=False), meta)
-write_table(snakemake.output.markdown, to_markdown(table), meta)
-write_table(snakemake.output.latex, to_latex(table), meta)
+write_table(snakemake.output.final, final.to_csv(index=False), meta)
+write_table(snakemake.output.curves, pd.concat([curves(means, p) for p in POINTS]).to_csv(index=False), meta)
+seeds = snakemake.config.get("pretrain_seeds", "per_seed")
+for point, stem in (("paper", "main"), ("after_train", "main_after_train")):
+    table, text = main_table(final, point), caption(point, seeds, final["rounds"])
+    write_table(snakemake.output[f"{stem}_csv"], table.to_csv(index=False), meta | {"caption": text})
+    write_table(snakemake.output[f"{stem}_md"], to_markdown(table, text), meta)
+    write_table(snakemake.output[f"{stem}_tex"], to_latex(table, text), meta)

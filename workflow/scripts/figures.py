@@ -1,18 +1,20 @@
 # `snakemake` is injected by Snakemake's script directive.
 # ruff: noqa: F821
-import sys
-
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from dimat_bench.aggregate import collect_cells
-from dimat_bench.figures import accuracy_curves, class_counts, communication_figure
+from dimat_bench.aggregate import collect_cells, final_accuracy
+from dimat_bench.claims import load_claims
+from dimat_bench.figures import accuracy_curves, class_counts, communication_figure, merge_penalty_figure
 
 sys.stderr = open(snakemake.log[0], "w")
 out = Path(snakemake.output[0])
-accuracy_curves(collect_cells(snakemake.input.cells), out)
+metrics = collect_cells(snakemake.input.cells)
+accuracy_curves(metrics, out, load_claims()["references"])
+merge_penalty_figure(final_accuracy(metrics), out)
 for pretrained in snakemake.input.pretrained:
     pre = json.loads((Path(pretrained) / "meta.json").read_text())["config"]
     name = "class_counts_{dataset}_{model}_{width}_{agents}_{split}_seed{seed}".format(**pre)

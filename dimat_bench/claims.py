@@ -1,0 +1,177 @@
+"""A verdict on each of the paper's claims (`claims.yaml`) from a grid's results.
+
+One row per claim per setting it applies to, with our values (mean ± std over seeds, at the paper's
+measurement point), the reference value where one is known ("unknown" otherwise) and a verdict:
+
+- holds: the difference is in the claimed direction by more than the seeds' spread (the larger of
+  the two standard deviations over seeds), or a reference is matched within its tolerance;
+- fails: it goes the other way by more than the spread, or the reference is missed;
+- inconclusive: the difference lies within the spread, or there is one seed only (no spread to
+  judge a difference against);
+- not run: the grid lacks the cells (or the rounds) the claim needs.
+
+Needs pandas; reads the tables `aggregate` writes."""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from importlib import resources
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import yaml
+
+from .aggregate import setting_label
+from .grid import SETTING_KEYS
+
+VERDICTS = ("holds", "fails", "inconclusive", "not run")
+COLUMNS = ["claim", "statement", "setting", "ours", "reference", "verdict", "reason"]
+
+
+def load_claims() -> dict:
+    """The claims and references shipped with the package (`dimat_bench/claims.yaml`)."""
+    return yaml.safe_load(resources.files("dimat_bench").joinpath("claims.yaml").read_text())
+
+
+def seed_stats(values: pd.Series) -> tuple[float, float, int]:
+    """(mean, std over seeds or NaN for one seed, seeds) of per-seed values."""
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan, len(values)
+
+
+def fmt(mean: float, std: float, unit: str = "") -> str:
+    return f"{mean:.2f}{unit}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}{unit}"
+
+
+def compare(name: str, ours: tuple, theirs: tuple, baseline: str, what: str) -> tuple[str, str]:
+    """Verdict and reason for "ours is larger than theirs" (each (mean, std, seeds))."""
+    difference = ours[0] - theirs[0]
+    if ours[2] < 2 or theirs[2] < 2:
+        return "inconclusive", (f"{name} {difference:+.2f} points vs {baseline} in {what}, but one seed only: "
+                                "no spread to judge it against")
+    spread = max(ours[1], theirs[1])
+    verdict = "holds" if difference > spread else "fails" if difference < -spread else "inconclusive"
+    return verdict, f"{name} {difference:+.2f} points vs {baseline} in {what} (seeds' spread {spread:.2f})"
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim against several baselines holds only if it holds against each."""
+    if "fails" in verdicts:
+        return "fails"
+    return "holds" if verdicts and all(v == "holds" for v in verdicts) else "inconclusive"
+
+
+def settings(frame: pd.DataFrame, where: Mapping[str, Any]) -> list[dict]:
+    """The distinct settings of `frame` that match `where`."""
+    rows = frame[SETTING_KEYS].drop_duplicates().to_dict("records")
+    return [r for r in rows if all(r[k] == v or str(r[k]) == str(v) for k, v in where.items())]
+
+
+def per_seed(frame: pd.DataFrame, setting: dict, method: str, column: str) -> pd.Series:
+    """`column` of `method`'s cells in `setting`, one value per seed."""
+    mask = functools.reduce(operator.and_, (frame[k] == v for k, v in setting.items()), frame["method"] == method)
+    return frame[mask].set_index("seed")[column]
+
+
+def early_gain(curve: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the mean gain over the pretrained agents across the first 10 % of rounds (at least
+    the first), in points: mean_{r ≤ k} acc(r) − acc(0), k = max(1, ⌊R/10⌋)."""
+    keys = SETTING_KEYS + ["method", "seed"]
+    rounds = curve.groupby(keys)["round"].transform("max")
+    initial = curve[curve["round"] == 0].set_index(keys)["test_acc"]
+    early = curve[(curve["round"] >= 1) & (curve["round"] <= (rounds // 10).clip(lower=1))]
+    gain = 100 * (early.groupby(keys)["test_acc"].mean() - initial)
+    return gain.rename("gain").reset_index()
+
+
+def against_baselines(claim: dict, setting: dict, values: pd.DataFrame, column: str, what: str) -> dict:
+    """The row of a "method beats its baselines" claim in one setting."""
+    method = claim["method"]
+    ours_values = per_seed(values, setting, method, column)
+    present = [b for b in claim["baselines"] if len(per_seed(values, setting, b, column))]
+    row = {"setting": setting_label(setting), "reference": "unknown"}
+    if not len(ours_values) or not present:
+        missing = [m for m in [method, *claim["baselines"]] if not len(per_seed(values, setting, m, column))]
+        return row | {"ours": "–", "verdict": "not run", "reason": f"the grid has no {', '.join(missing)} cells here"}
+    ours = seed_stats(ours_values)
+    stats = {b: seed_stats(per_seed(values, setting, b, column)) for b in present}
+    judged = [compare(method, ours, stats[b], b, what) for b in present]
+    missing = [b for b in claim["baselines"] if b not in present]
+    reason = "; ".join(r for _, r in judged) + (f"; not run: {', '.join(missing)}" if missing else "")
+    ours_text = "; ".join(f"{m} {fmt(*s[:2])}" for m, s in [(method, ours), *stats.items()])
+    return row | {"ours": ours_text, "verdict": combine([v for v, _ in judged]), "reason": reason}
+
+
+def higher_final(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
+    final = results["final"].assign(final_pct=100 * results["final"]["paper_acc"])
+    return [against_baselines(claim, s, final, "final_pct", "final accuracy")
+            for s in settings(final, claim.get("where", {}))]
+
+
+def larger_early_gain(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
+    gains = early_gain(results["curves"])
+    return [against_baselines(claim, s, gains, "gain", "early gain over the pretrained agents")
+            for s in settings(gains, claim.get("where", {}))]
+
+
+def matches_reference(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
+    reference = references[claim["reference"]]
+    final = results["final"]
+    setting = dict(reference["setting"])
+    row = {"setting": setting_label(setting),
+           "reference": f"{reference['value']:.2f} ± {reference['std']:.2f} ({claim['reference']})"}
+    values = 100 * per_seed(final, setting, claim["method"], "paper_acc")
+    if not len(values):
+        return [row | {"ours": "–", "verdict": "not run", "reason": "the grid does not run this setting"}]
+    rounds = int(per_seed(final, setting, claim["method"], "rounds").max())
+    mean, std, _ = seed_stats(values)
+    row["ours"] = fmt(mean, std)
+    if rounds != claim["rounds"]:
+        return [row | {"verdict": "not run", "reason": f"the reference is after {claim['rounds']} rounds; "
+                                                       f"this grid ran {rounds}"}]
+    gap = mean - reference["value"]
+    verdict = "holds" if abs(gap) <= claim["tolerance"] else "fails"
+    return [row | {"verdict": verdict, "reason": f"{gap:+.2f} points from the reference (tolerance "
+                                                 f"±{claim['tolerance']})"}]
+
+
+def fewer_messages(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
+    table, rows = results["communication"], []
+    for (dataset, model, width), frame in table.groupby(["dataset", "model", "width"], sort=True):
+        label = f"{dataset} {model} ×{width}, N ∈ {sorted(frame['agents'].unique().tolist())}, " \
+                f"{'/'.join(sorted(frame['topology'].unique()))}"
+        wide = frame.pivot_table(index=["agents", "topology"], columns="method", values="messages_per_epoch")
+        row = {"setting": label, "reference": claim.get("reference_text", "unknown")}
+        present = [b for b in claim["baselines"] if b in wide.columns]
+        if claim["method"] not in wide.columns or not present:
+            rows.append(row | {"ours": "–", "verdict": "not run", "reason": "the grid lacks the methods"})
+            continue
+        ours = wide[claim["method"]]
+        ratio = wide[present].min(axis=1) / ours
+        not_fewer = bool(wide[present].le(ours, axis=0).to_numpy().any())
+        rows.append(row | {"ours": f"{', '.join(present)} send {ratio.min():.0f}× to {ratio.max():.0f}× as many "
+                                   f"messages per epoch as {claim['method']}",
+                           "verdict": "fails" if not_fewer else "holds",
+                           "reason": "messages per epoch over the whole network, from each method's schedule"})
+    return rows
+
+
+CHECKS: dict[str, Callable[[dict, Mapping[str, pd.DataFrame], dict], list[dict]]] = {
+    "higher_final": higher_final, "larger_early_gain": larger_early_gain, "matches_reference": matches_reference,
+    "fewer_messages": fewer_messages}
+
+
+def claims_table(results: Mapping[str, pd.DataFrame], data: dict | None = None) -> pd.DataFrame:
+    """Every claim against `results` (`final`: aggregate.final_accuracy, `curves`: aggregate.curves at
+    the paper point, `communication`: the communication table)."""
+    data = data or load_claims()
+    rows = []
+    for claim in data["claims"]:
+        found = CHECKS[claim["check"]](claim, results, data.get("references", {}))
+        if not found:
+            where = ", ".join(f"{k} {v}" for k, v in claim.get("where", {}).items())
+            found = [{"setting": where or "any", "ours": "–", "reference": "unknown", "verdict": "not run",
+                      "reason": f"the grid has no setting with {where}"}]
+        rows += [{"claim": claim["id"], "statement": claim["statement"], **row} for row in found]
+    return pd.DataFrame(rows, columns=COLUMNS)
