@@ -4,7 +4,8 @@ A pipeline config's `grid` is a list of rows. A row's setting keys (dataset, mod
 split, topology) each take one value or a list, and the row expands into the product of those lists
 × its `methods` × its `seeds`, one cell each, in the order written; `only: {key: [values]}` keeps the
 cells whose key is in the list. Before any job runs, every cell is checked by the engine's own strict
-configs; the `run:` keys go to each cell whose method takes them. The communication table of a grid
+configs; the `run:` keys go to each cell whose method takes them (and does not fix them, as a variant
+does). The communication table of a grid
 is built here too, from the methods' own schedules."""
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def pretrain_seed(config: Mapping[str, Any], cell: Mapping[str, Any]) -> int:
 
 
 def run_options(config: Mapping[str, Any], method: str) -> dict:
-    """The pipeline's `run:` keys that a cell of `method` takes: the run keys and its own options."""
-    takes = set(RUN_KEYS) | set(METHODS.get(method).Options.__dataclass_fields__)
+    """The pipeline's `run:` keys that a cell of `method` takes: the run keys and its own options,
+    except those a variant fixes (the variant's name says what it runs; `run:` is shared by all)."""
+    cls = METHODS.get(method)
+    takes = (set(RUN_KEYS) | set(cls.Options.__dataclass_fields__)) - set(cls.fixed)
     return {key: value for key, value in config["run"].items() if key in takes}
 
 
@@ -67,9 +70,11 @@ def cell_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> CellConfi
 
 
 def pretrain_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> PretrainConfig:
-    """The pretraining a cell starts from (see `pretrain_seed`)."""
+    """The pretraining a cell starts from (see `pretrain_seed`; `data_dir`, a location, only where the
+    config gives it)."""
     keys = {k: cell[k] for k in PRETRAIN_KEYS} | {"seed": pretrain_seed(config, cell)}
-    return cfg.from_dict(PretrainConfig, {**config["pretrain"], **keys, "data_dir": config["data_dir"]})
+    location = {"data_dir": config["data_dir"]} if "data_dir" in config else {}
+    return cfg.from_dict(PretrainConfig, {**config["pretrain"], **keys, **location})
 
 
 def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) -> None:

@@ -40,6 +40,11 @@ def test_run_keys_reach_the_cells_whose_method_takes_them():
     assert grid.run_options(settings, "dimat") == {"rounds": 3, "match_samples": 200, "lr": 0.1}
     assert grid.run_options(settings, "sgp") == {"rounds": 3, "lr": 0.1}
     assert grid.run_options(settings, "cdmsgd") == {"rounds": 3, "lr": 0.1, "gossip_momentum": 0.5}
+    fixed = config(ROW, run={"match_samples": 200, "match_data": "local", "bn_reset": True})
+    # dimat_global fixes match_data: the shared key skips its cells
+    assert grid.run_options(fixed, "dimat_global") == {"match_samples": 200, "bn_reset": True}
+    assert grid.cell_config(fixed, {"method": "dimat_global", "topology": "ring", "seed": 0}).options.match_data == \
+        "global"
     wm = grid.cell_config(settings, {"method": "wm_noreset", "topology": "ring", "seed": 2})
     assert (wm.options.match_samples, wm.run.seed, wm.run.topology) == (200, 2, "ring")
     assert grid.flags({"match_samples": None, "bn_reset": False, "lr": 0.1}) == \

@@ -174,8 +174,6 @@ def bad_grid(**changes):
     ({"grid": []}, "grid"),
     ({"communication": {"agents": [5], "topologies": ["star"]}}, "topology: got 'star'"),
     ({"run": {"match_sample": 5}}, "run.match_sample: got 5; allowed: keys of `python -m dimat_bench run --help`"),
-    (bad_grid(methods=["dimat_global"]) | {"run": {"match_data": "local"}},
-     "match_data: got 'local'; allowed: 'global'. dimat_global is dimat with match_data fixed"),
     (bad_grid(split=["iid", "nonid"]), "split: got 'nonid'"),
     ({"only": {"methods": ["wa"]}}, "only: got 'methods'; allowed: cell keys: dataset, model"),
 ])
