@@ -44,15 +44,14 @@ def fmt(mean: float, std: float, unit: str = "") -> str:
     return f"{mean:.2f}{unit}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}{unit}"
 
 
-def compare(name: str, ours: tuple, theirs: tuple, baseline: str, what: str) -> tuple[str, str]:
-    """Verdict and reason for "ours is larger than theirs" (each (mean, std, seeds))."""
+def compare(ours: tuple, theirs: tuple, baseline: str) -> tuple[str, str]:
+    """Verdict and a short account of "ours is larger than theirs" (each (mean, std, seeds))."""
     difference = ours[0] - theirs[0]
     if ours[2] < 2 or theirs[2] < 2:
-        return "inconclusive", (f"{name} {difference:+.2f} points vs {baseline} in {what}, but one seed only: "
-                                "no spread to judge it against")
+        return "inconclusive", f"{difference:+.2f} vs {baseline}"
     spread = max(ours[1], theirs[1])
     verdict = "holds" if difference > spread else "fails" if difference < -spread else "inconclusive"
-    return verdict, f"{name} {difference:+.2f} points vs {baseline} in {what} (seeds' spread {spread:.2f})"
+    return verdict, f"{difference:+.2f} vs {baseline} (spread {spread:.2f})"
 
 
 def combine(verdicts: list[str]) -> str:
@@ -96,9 +95,12 @@ def against_baselines(claim: dict, setting: dict, values: pd.DataFrame, column: 
         return row | {"ours": "–", "verdict": "not run", "reason": f"the grid has no {', '.join(missing)} cells here"}
     ours = seed_stats(ours_values)
     stats = {b: seed_stats(per_seed(values, setting, b, column)) for b in present}
-    judged = [compare(method, ours, stats[b], b, what) for b in present]
+    judged = [compare(ours, stats[b], b) for b in present]
     missing = [b for b in claim["baselines"] if b not in present]
-    reason = "; ".join(r for _, r in judged) + (f"; not run: {', '.join(missing)}" if missing else "")
+    reason = f"{what}, {method} minus each baseline in points: " + ", ".join(r for _, r in judged)
+    if min(s[2] for s in [ours, *stats.values()]) < 2:
+        reason += "; one seed only: no spread to judge a difference against"
+    reason += f"; not run: {', '.join(missing)}" if missing else ""
     ours_text = "; ".join(f"{m} {fmt(*s[:2])}" for m, s in [(method, ours), *stats.items()])
     return row | {"ours": ours_text, "verdict": combine([v for v, _ in judged]), "reason": reason}
 

@@ -65,7 +65,8 @@ def test_one_seed_is_inconclusive_and_missing_cells_are_not_run():
 
 def test_a_claim_applies_to_each_setting_it_names():
     both = pd.concat([final({"dimat": [50, 51, 52], "wa": [40, 41, 42], "sgp": [1, 2, 3]}),
-                      final({"dimat": [50, 51, 52], "wa": [60, 61, 62], "sgp": [1, 2, 3]}, SETTING | {"split": "noniid"})])
+                      final({"dimat": [50, 51, 52], "wa": [60, 61, 62], "sgp": [1, 2, 3]},
+                            SETTING | {"split": "noniid"})])
     assert verdicts(one_claim("higher_final"), final=both)[0] == ["holds", "fails"]
     assert verdicts(one_claim("higher_final", where={"split": "noniid"}), final=both)[0] == ["fails"]
 
@@ -73,7 +74,8 @@ def test_a_claim_applies_to_each_setting_it_names():
 def test_early_gain_is_the_mean_over_the_first_tenth_of_the_rounds():
     # 20 rounds: the first 2 count. dimat gains (5 + 7) / 2 = 6 points, wa 1, sgp 3 (its later rise is too late).
     rise = list(range(20))
-    values = {"dimat": [[30, 35, 37] + rise] * 2, "wa": [[30, 31, 31] + rise] * 2, "sgp": [[30, 33, 33] + [90] * 20] * 2}
+    values = {"dimat": [[30, 35, 37] + rise] * 2, "wa": [[30, 31, 31] + rise] * 2,
+              "sgp": [[30, 33, 33] + [90] * 20] * 2}
     gains = early_gain(curves(values)).set_index("method")["gain"]
     assert gains["dimat"].tolist() == pytest.approx([6, 6]) and gains["sgp"].tolist() == pytest.approx([3, 3])
     values["dimat"] = [[30, 35, 37] + rise, [30, 36, 37] + rise]  # spread 0.35 < 3 points ahead of sgp

@@ -1,6 +1,8 @@
 """The pipeline's grid: rows expand as products in the order written, `run:` keys reach the cells
 whose method takes them, and the paper grid is a few rows."""
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -41,11 +43,10 @@ def test_run_keys_reach_the_cells_whose_method_takes_them():
     assert grid.run_options(settings, "sgp") == {"rounds": 3, "lr": 0.1}
     assert grid.run_options(settings, "cdmsgd") == {"rounds": 3, "lr": 0.1, "gossip_momentum": 0.5}
     fixed = config(ROW, run={"match_samples": 200, "match_data": "local", "bn_reset": True})
-    # dimat_global fixes match_data: the shared key skips its cells
-    assert grid.run_options(fixed, "dimat_global") == {"match_samples": 200, "bn_reset": True}
-    assert grid.cell_config(fixed, {"method": "dimat_global", "topology": "ring", "seed": 0}).options.match_data == \
-        "global"
-    wm = grid.cell_config(settings, {"method": "wm_noreset", "topology": "ring", "seed": 2})
+    # wm_reset fixes bn_reset: the shared key skips its cells
+    assert grid.run_options(fixed, "wm_reset") == {"match_samples": 200, "match_data": "local"}
+    assert grid.cell_config(fixed, {"method": "wm_reset", "topology": "ring", "seed": 0}).options.bn_reset
+    wm = grid.cell_config(settings, {"method": "wm_reset", "topology": "ring", "seed": 2})
     assert (wm.options.match_samples, wm.run.seed, wm.run.topology) == (200, 2, "ring")
     assert grid.flags({"match_samples": None, "bn_reset": False, "lr": 0.1}) == \
         "--match-samples none --no-bn-reset --lr 0.1"
@@ -60,5 +61,16 @@ def test_the_paper_grid_is_a_few_rows_that_say_what_they_are_for():
     paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     assert len(paper["grid"]) <= 8 and all(row.get("table") for row in paper["grid"])
     cells = grid.expand_grid(paper)
-    assert len(cells) == 500
-    assert len({tuple(c[k] for k in grid.PRETRAIN_KEYS) for c in cells}) == 60
+    methods = {m: sum(c["method"] == m for c in cells) for m in ("dimat", "dimat_local", "local", "wm")}
+    assert len(cells) == 600 and methods == {"dimat": 120, "dimat_local": 40, "local": 60, "wm": 20}
+    # the authors' seeds: every seed starts from seed 0's agents, one pretraining per dataset/model/N/split
+    pretrainings = {tuple(dataclasses.asdict(grid.pretrain_config(paper, c)).items()) for c in cells}
+    assert len(pretrainings) == 12 and {dict(p)["seed"] for p in pretrainings} == {0}
+
+
+def test_seeds_share_a_pretraining_only_when_asked():
+    row = ROW | {"seeds": [0, 1, 2]}
+    assert [grid.pretrain_seed(config(row), c) for c in grid.expand_grid(config(row))] == [0, 1, 2]
+    shared = config(row) | {"pretrain_seeds": "shared"}
+    assert [grid.pretrain_seed(shared, c) for c in grid.expand_grid(shared)] == [0, 0, 0]
+    assert grid.cell_config(shared, grid.expand_grid(shared)[2]).run.seed == 2  # the run keeps its own seed

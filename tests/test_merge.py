@@ -48,13 +48,13 @@ def test_official_preset_sets_the_authors_switches_and_explicit_keys_win():
     assert (options.match_data, options.match_augment, options.bn_momentum_cumulative, options.fc_merge_once) == \
         ("global", True, True, True)
     assert dimat.build_options({"preset": "official", "match_data": "local"}).match_data == "local"
-    assert METHODS.get("dimat_official").build_options() == dataclasses.replace(options, preset=None)
+    assert METHODS.get("dimat").build_options() == dataclasses.replace(options, preset=None)  # the authors' merge
 
 
 def test_each_merge_method_has_its_own_batchnorm_default():
     """WA averages BatchNorm buffers as they are; the aligning merges recompute them; variants fix it."""
-    assert {name: METHODS.get(name).build_options().bn_reset for name in ("wa", "dimat", "wm", "wm_noreset")} == \
-        {"wa": False, "dimat": True, "wm": True, "wm_noreset": False}
+    assert {name: METHODS.get(name).build_options().bn_reset for name in ("wa", "dimat", "wm", "wm_reset")} == \
+        {"wa": False, "dimat": True, "wm": False, "wm_reset": True}
 
 
 def test_fc_merge_once_gives_everyone_agent_zeros_merge(cifar10):
@@ -70,5 +70,7 @@ def test_fc_merge_once_gives_everyone_agent_zeros_merge(cifar10):
     cost = cell_communication("dimat", create_topology("fc", 3).mixing_matrix, population.models[0], 1, 1, 1,
                               method.options)
     assert cost.messages.tolist() == [2, 1, 1] and cost.bytes.tolist() == method.bytes_sent.tolist()
-    assert cell_communication("dimat_official", create_topology("fc", 3).mixing_matrix, population.models[0], 1, 1,
+    assert cell_communication("dimat", create_topology("fc", 3).mixing_matrix, population.models[0], 1, 1,
                               1).messages.tolist() == [2, 1, 1]
+    assert cell_communication("dimat_local", create_topology("fc", 3).mixing_matrix, population.models[0], 1, 1,
+                              1).messages.tolist() == [2, 2, 2]

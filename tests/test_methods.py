@@ -55,7 +55,10 @@ def expected_bytes(name, population_model, topology, rounds, steps_per_round):
     params = sum(p.numel() for p in population_model.parameters())
     buffers = sum(b.numel() for b in population_model.buffers() if b.is_floating_point())
     if method.family == "merge":
-        return np.full(5, (params + buffers) * 4 * out_degree * rounds)
+        sends = np.full(5, out_degree)
+        if topology == "fc" and getattr(method.build_options(), "fc_merge_once", False):
+            sends = np.array([4, 1, 1, 1, 1])  # the authors' shortcut: to agent 0, and its merge back to the rest
+        return sends * (params + buffers) * 4 * rounds
     extra = 1 if name == "sgp" else 0
     return np.full(5, (params + extra) * 4 * out_degree * rounds * steps_per_round)
 

@@ -21,12 +21,12 @@ def cell(**data):
     ({"preset": "paper"}, "preset: got 'paper'; allowed: official"),
     ({"method": "wa", "match_samples": 0}, "match_samples: got 0; allowed: a number >= 1"),
     ({"method": "sgp", "match_samples": 50},
-     "match_samples: got 50; allowed: a key of dimat, dimat_global, dimat_official, wa, wm, wm_noreset only. "
+     "match_samples: got 50; allowed: a key of dimat, dimat_local, wa, wm, wm_reset only. "
      "method sgp does not take it"),
     ({"method": "dimat", "gossip_momentum": 0.5}, "gossip_momentum: got 0.5; allowed: a key of cdmsgd only"),
     ({"match_sample": 50}, "match_sample: got 50; allowed: known keys only: .*did you mean 'match_samples'"),
-    ({"method": "dimat_global", "match_data": "local"},
-     "match_data: got 'local'; allowed: 'global'. dimat_global is dimat with match_data fixed; use method dimat"),
+    ({"method": "dimat_local", "match_data": "global"},
+     "match_data: got 'global'; allowed: 'local'. dimat_local is dimat with match_data fixed; use method dimat"),
     ({"pretrained": None}, "pretrained: got None"),
 ])
 def test_bad_run_configs_fail_naming_the_key(data, message):
@@ -41,17 +41,18 @@ def test_options_are_built_by_name_with_the_methods_own_defaults_and_round_trip(
     assert (sgp.options.optimizer, sgp.options.lr, sgp.options.lr_decay, sgp.options.reset_optimizer) == \
         ("sgd", 0.01, 0.981, False)
     assert not hasattr(sgp.options, "match_samples")
-    for config in (dimat, sgp, cell(method="dimat_official"), cell(method="cdmsgd", gossip_momentum=0.5)):
+    for config in (dimat, sgp, cell(method="dimat_local"), cell(method="cdmsgd", gossip_momentum=0.5)):
         assert CellConfig.from_mapping(config.to_dict()) == config
         assert list(config.to_dict()) == RUN_KEYS + [f.name for f in dataclasses.fields(config.options)]
 
 
 def test_a_variant_is_its_method_with_options_fixed():
-    assert cell(method="dimat_global").options == cell(method="dimat", match_data="global").options
-    assert cell(method="dimat_global", match_data="global", lr=0.1).options.lr == 0.1  # the fixed value agrees
-    wm = cell(method="wm_noreset")
-    assert type(wm.options) is type(cell(method="wm").options) and not wm.options.bn_reset
-    assert METHODS.get("wm_noreset").variant_of == "wm" and issubclass(METHODS.get("wm_noreset"), METHODS.get("wm"))
+    ours = dict(match_data="local", match_augment=False, bn_momentum_cumulative=False, fc_merge_once=False)
+    assert cell(method="dimat_local").options == cell(method="dimat", **ours).options
+    assert cell(method="dimat_local", match_data="local", lr=0.1).options.lr == 0.1  # the fixed value agrees
+    wm = cell(method="wm_reset")
+    assert type(wm.options) is type(cell(method="wm").options) and wm.options.bn_reset
+    assert METHODS.get("wm_reset").variant_of == "wm" and issubclass(METHODS.get("wm_reset"), METHODS.get("wm"))
 
 
 def run_parser():
@@ -72,8 +73,8 @@ def test_run_help_groups_the_options_by_the_methods_that_take_them():
     assert sorted(key for title in titles for key in groups[title]) == sorted(CellConfig.keys())
     text = " ".join(run_parser().format_help().split())
     assert "[default: 0.01 (cdmsgd, cdsgd, sgp); 0.001 (dimat, local, wa, wm)]" in text
-    assert "[default: True (dimat, wm); False (wa)]" in text
-    assert "dimat_global = dimat with match_data='global'" in text
+    assert "[default: True (dimat); False (wa, wm)]" in text  # the authors' WM resets nothing
+    assert "dimat_local = dimat with match_data='local'" in text
 
 
 def test_run_fails_before_compute_on_a_missing_or_corrupt_pretrained_dir(tmp_path, capsys, pretrained5):

@@ -19,7 +19,7 @@ LAYERS = [
     {"pretrain", "run", "communication"},
     {"grid"},
     {"aggregate"},
-    {"figures"},
+    {"figures", "claims"},
     {"cli"},
     {"__main__", "__init__"},
 ]

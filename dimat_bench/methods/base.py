@@ -3,8 +3,8 @@
 A method is a class registered by name with `@register("name")`. Its settings are one dataclass,
 `Options`, declared next to the code that reads them (a subclass of `MethodOptions`, which holds the
 local optimizer every method trains with); the runner builds it by field name from the run config,
-validates it strictly and records it resolved. A variant (`variant("dimat_global", "dimat",
-match_data="global")`) is a registered method with some options fixed: a name, not a new class to
+validates it strictly and records it resolved. A variant (`variant("wm_reset", "wm",
+bn_reset=True)`) is a registered method with some options fixed: a name, not a new class to
 write. A method touches agents only through the Population."""
 
 from __future__ import annotations

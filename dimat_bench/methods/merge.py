@@ -59,7 +59,7 @@ class DimatOptions(MergeOptions):
 
 @dataclass(frozen=True)
 class WeightMatchingOptions(MergeOptions):
-    """wm: weight matching (no BatchNorm reset by default, as the authors')"""
+    """wm: weight matching"""
 
     wm_max_sweeps: int = cfg.option(100, "most coordinate-descent sweeps over the layers", min=1)
 
