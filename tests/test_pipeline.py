@@ -267,5 +267,5 @@ def test_the_report_registers_the_table_and_the_figures(tiny_run):
                        f"data_dir={ROOT / 'tests' / 'data'}", cwd=tiny_run)
     assert result.returncode == 0, result.stderr[-2000:]
     html = (tiny_run / "report.html").read_text(errors="replace")
-    assert "main.md" in html and "communication.md" in html
+    assert "main.md" in html and "communication.md" in html and "claims.md" in html and "main_after_train.md" in html
     assert "accuracy_cifar10_resnet20_1_2_noniid_fc.png" in html and "communication_cifar10_resnet20_1.png" in html
