@@ -68,6 +68,18 @@ def test_the_paper_grid_is_a_few_rows_that_say_what_they_are_for():
     assert len(pretrainings) == 12 and {dict(p)["seed"] for p in pretrainings} == {0}
 
 
+def test_the_paper_grids_dimat_is_the_authors_merge_and_dimat_local_ours():
+    paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cells = {c["method"]: c for c in grid.expand_grid(paper)}
+    authors = grid.cell_config(paper, cells["dimat"]).options
+    assert (authors.match_data, authors.match_samples, authors.match_augment, authors.bn_reset,
+            authors.bn_momentum_cumulative, authors.fc_merge_once) == ("global", None, True, True, True, True)
+    ours = grid.cell_config(paper, cells["dimat_local"]).options
+    assert (ours.match_data, ours.match_augment, ours.bn_momentum_cumulative, ours.fc_merge_once) == \
+        ("local", False, False, False)
+    assert not grid.cell_config(paper, cells["wm"]).options.bn_reset  # the authors' WM resets nothing
+
+
 def test_seeds_share_a_pretraining_only_when_asked():
     row = ROW | {"seeds": [0, 1, 2]}
     assert [grid.pretrain_seed(config(row), c) for c in grid.expand_grid(config(row))] == [0, 1, 2]

@@ -128,8 +128,11 @@ def test_killing_the_pipeline_during_a_cell_reruns_only_the_unfinished_work(sig,
         return len(re.findall(r"Finished jobid: \d+ \(Rule: cell\)", log.read_text()))
 
     with open(log, "w") as handle:
+        # A shell starts background commands with Ctrl-C ignored, and children inherit that: give the
+        # pipeline a terminal's default, however the tests themselves were started.
         pipeline = subprocess.Popen([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *args], cwd=tmp_path, env=env,
-                                    stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline, running = time.monotonic() + 300, []
         while time.monotonic() < deadline and pipeline.poll() is None:
