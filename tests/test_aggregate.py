@@ -109,3 +109,26 @@ def test_the_communication_figure_draws_one_curve_per_distinct_schedule(tmp_path
     written = communication_figure(table, tmp_path)
     assert sorted(p.name for p in written) == ["communication_cifar10_resnet20_1.pdf", "communication_cifar10_resnet20_1.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_the_r1_setting_draws_the_published_points_beside_our_curve():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dimat_bench.claims import load_claims
+    from dimat_bench.figures import _references
+
+    references = load_claims()["references"]
+    r1 = {"dataset": "cifar100", "model": "resnet20", "width": 8, "agents": 5, "split": "iid", "topology": "ring"}
+    for setting, expected in ((r1, {"R1", "R3"}), (r1 | {"topology": "fc"}, set())):
+        fig, ax = plt.subplots()
+        _references(ax, setting, references)
+        labels = {h.get_label().split(":")[0] for h in ax.get_legend_handles_labels()[0]}
+        assert labels == expected
+        if expected:
+            crosses = next(line for line in ax.get_lines() if line.get_label().startswith("R3"))
+            assert list(crosses.get_xdata()) == references["R3"]["rounds"]
+            assert list(crosses.get_ydata()) == references["R3"]["values"]
+        plt.close(fig)
