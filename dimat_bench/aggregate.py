@@ -16,7 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .grid import CELL_KEYS, SETTING_KEYS
+from .grid import CELL_KEYS
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
 POINTS = {
@@ -68,11 +68,12 @@ def curves(means: pd.DataFrame, point: str) -> pd.DataFrame:
     one row per round, from `after_merge` (paper point, cells that merge) or `after_train`."""
     if point not in POINTS:
         raise ValueError(f"measurement point {point!r}; allowed: {', '.join(POINTS)}")
-    merges = means.groupby(CELL_KEYS, sort=False)["phase"].transform(lambda p: (p == "after_merge").any())
     phase = means["phase"]
-    wanted = (phase == "initial") | ((phase == "after_train") & ~(merges & (point == "paper")))
-    if point == "paper":
-        wanted |= phase == "after_merge"
+    if point == "after_train":
+        wanted = phase.isin(["initial", "after_train"])
+    else:  # after_train only for cells that never merge
+        merges = (phase == "after_merge").groupby([means[k] for k in CELL_KEYS], sort=False).transform("any")
+        wanted = phase.isin(["initial", "after_merge"]) | ((phase == "after_train") & ~merges)
     return means[wanted].assign(point=point).reset_index(drop=True)
 
 
@@ -179,5 +180,3 @@ def cell_provenance(cell_dirs: Iterable[str | Path]) -> list[dict]:
     """Each cell's path and the code version that computed it (a table's provenance lists them)."""
     return [{"path": str(d), "code": json.loads((Path(d) / "meta.json").read_text()).get("code")} for d in cell_dirs]
 
-
-__all__ = ["SETTING_KEYS", "POINTS", "collect_cells", "agent_means", "curves", "final_accuracy", "main_table"]

@@ -64,7 +64,7 @@ def combine(verdicts: list[str]) -> str:
 def settings(frame: pd.DataFrame, where: Mapping[str, Any]) -> list[dict]:
     """The distinct settings of `frame` that match `where`."""
     rows = frame[SETTING_KEYS].drop_duplicates().to_dict("records")
-    return [r for r in rows if all(r[k] == v or str(r[k]) == str(v) for k, v in where.items())]
+    return [r for r in rows if all(str(r[k]) == str(v) for k, v in where.items())]
 
 
 def per_seed(frame: pd.DataFrame, setting: dict, method: str, column: str) -> pd.Series:

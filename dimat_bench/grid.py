@@ -18,7 +18,7 @@ from .communication import communication_table
 from .methods import METHODS
 from .pretrain import PretrainConfig
 from .registry import ConfigError, did_you_mean
-from .run import RUN_KEYS, CellConfig
+from .run import RUN_KEYS, CellConfig, RunConfig
 from .topology import create_topology
 
 # What identifies a cell: the pretraining's settings, then the run's.
@@ -58,8 +58,7 @@ def pretrain_seed(config: Mapping[str, Any], cell: Mapping[str, Any]) -> int:
 def run_options(config: Mapping[str, Any], method: str) -> dict:
     """The pipeline's `run:` keys that a cell of `method` takes: the run keys and its own options,
     except those a variant fixes (the variant's name says what it runs; `run:` is shared by all)."""
-    cls = METHODS.get(method)
-    takes = (set(RUN_KEYS) | set(cls.Options.__dataclass_fields__)) - set(cls.fixed)
+    takes = set(RUN_KEYS) | METHODS.get(method).settable_keys()
     return {key: value for key, value in config["run"].items() if key in takes}
 
 
@@ -85,13 +84,13 @@ def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) ->
         if key not in known:
             raise ConfigError(f"run.{key}", value, "keys of `python -m dimat_bench run --help`",
                               did_you_mean(key, sorted(known)))
-    mixing = "official"
     for cell in cells:
         pretrain_config(config, cell)
-        mixing = cell_config(config, cell).run.mixing
+        cell_config(config, cell)
+    run = cfg.from_dict(RunConfig, {k: v for k, v in config["run"].items() if k in RUN_KEYS} | {"pretrained": "-"})
     for n in config["communication"]["agents"]:
         for topology in config["communication"]["topologies"]:
-            create_topology(topology, n, mixing)
+            create_topology(topology, n, run.mixing)
 
 
 def flags(options: Mapping[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Pretraining (docs/benchmark.md#one-cell, step 1): N agents, each from its own random init, trained on its own shard.
+"""Pretraining (docs/benchmark.md#one-cell, step 1): N agents, each from its own random init, trained
+on its own shard.
 
 Outputs in `out/`: `agents.pt` (checkpoint), `metrics.csv` (one row per epoch × agent),
 `class_counts.csv` (one row per agent × class) and `meta.json` (resolved config, code version,

@@ -72,9 +72,8 @@ class CellConfig:
         options = {k: v for k, v in data.items() if k not in RUN_KEYS}
         run = cfg.from_dict(RunConfig, {k: v for k, v in data.items() if k in RUN_KEYS})
         method = METHODS.get(run.method)
-        takes = {f.name for f in dataclasses.fields(method.Options)}
         for key, value in options.items():
-            if key not in takes:
+            if key not in method.option_keys():
                 raise foreign_key_error(key, value, run.method)
         return cls(run, method.build_options(options))
 
@@ -103,7 +102,7 @@ def base_methods() -> list[type[Method]]:
 
 def option_takers() -> dict[str, list[str]]:
     """Registered method name -> the option keys it takes."""
-    return {name: [f.name for f in dataclasses.fields(METHODS.get(name).Options)] for name in METHODS.names()}
+    return {name: METHODS.get(name).option_keys() for name in METHODS.names()}
 
 
 def foreign_key_error(key: str, value, method: str) -> ConfigError:

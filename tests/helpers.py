@@ -61,7 +61,7 @@ def method_for(name, population, topology, seed=0, **options):
     """Method `name` on `population`, its options built by field name: its defaults, `options`, and
     100 matching images where it takes them and they are not fixed."""
     cls = METHODS.get(name)
-    if "match_samples" in cls.Options.__dataclass_fields__ and "match_samples" not in cls.fixed:
+    if "match_samples" in cls.settable_keys():
         options = {"match_samples": 100, **options}
     return create_method(name, MethodContext(population, topology, cls.build_options(options), seed=seed))
 

@@ -68,8 +68,7 @@ def expected_bytes(name, population_model, topology, rounds, steps_per_round):
 def test_every_method_runs_a_two_round_cell_and_counts_bytes_exactly(name, topology, pretrained5, tmp_path):
     out = tmp_path / "cell"
     cls = METHODS.get(name)
-    matching = ["--match-samples", "50"] if "match_samples" in cls.Options.__dataclass_fields__ and \
-        "match_samples" not in cls.fixed else []
+    matching = ["--match-samples", "50"] if "match_samples" in cls.settable_keys() else []
     assert main(["run", "--pretrained", str(pretrained5), "--method", name, "--topology", topology, "--rounds", "2",
                  "--epochs-per-round", "1", *matching, "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["agents.pt", "meta.json", "metrics.csv"]

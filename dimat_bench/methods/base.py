@@ -10,6 +10,7 @@ write. A method touches agents only through the Population."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Mapping
@@ -76,6 +77,16 @@ class Method:
         self.messages_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.bytes_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.communicate_seconds = 0.0
+
+    @classmethod
+    def option_keys(cls) -> list[str]:
+        """The option keys this method takes (its `Options` fields, in order)."""
+        return [f.name for f in dataclasses.fields(cls.Options)]
+
+    @classmethod
+    def settable_keys(cls) -> set[str]:
+        """The option keys a run config may set: all but those a variant fixes."""
+        return set(cls.option_keys()) - set(cls.fixed)
 
     @classmethod
     def build_options(cls, given: Mapping[str, Any] | None = None) -> MethodOptions:

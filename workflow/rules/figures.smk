@@ -5,6 +5,7 @@ rule figures:
         cells=cell_dirs(),
         pretrained=pretrain_dirs(),
         communication=rules.communication.output.csv,
+        final=rules.aggregate.output.final,
     output:
         report(directory(config["figures_dir"]), patterns=["{name}.png"], caption="../report/figures.rst",
                category="Figures"),

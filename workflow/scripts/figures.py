@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dimat_bench.aggregate import collect_cells, final_accuracy
+from dimat_bench.aggregate import collect_cells
 from dimat_bench.claims import load_claims
 from dimat_bench.figures import accuracy_curves, class_counts, communication_figure, merge_penalty_figure
 
@@ -14,7 +14,7 @@ sys.stderr = open(snakemake.log[0], "w")
 out = Path(snakemake.output[0])
 metrics = collect_cells(snakemake.input.cells)
 accuracy_curves(metrics, out, load_claims()["references"])
-merge_penalty_figure(final_accuracy(metrics), out)
+merge_penalty_figure(pd.read_csv(snakemake.input.final, comment="#"), out)
 for pretrained in snakemake.input.pretrained:
     pre = json.loads((Path(pretrained) / "meta.json").read_text())["config"]
     name = "class_counts_{dataset}_{model}_{width}_{agents}_{split}_seed{seed}".format(**pre)
