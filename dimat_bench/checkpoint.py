@@ -78,7 +78,13 @@ def load_agents(path: str | os.PathLike) -> AgentsCheckpoint:
     if not (len(states) == len(shards) == len(payload["class_counts"])) or len(states) < 2:
         raise CheckpointError(f"{path}: {len(states)} agents, {len(shards)} shards, "
                               f"{len(payload['class_counts'])} class-count rows; expected equal counts >= 2")
-    reference = create_model(spec["name"], spec["num_classes"], width=spec["width"]).state_dict()
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+            and all(isinstance(spec.get(k), int) and spec[k] >= 1 for k in ("num_classes", "width"))):
+        raise CheckpointError(f"{path}: model field {spec!r}; expected name, num_classes and width")
+    try:
+        reference = create_model(spec["name"], spec["num_classes"], width=spec["width"]).state_dict()
+    except Exception as error:
+        raise CheckpointError(f"{path}: model {spec['name']!r} cannot be built ({error})") from error
     for i, state in enumerate(states):
         if state.keys() != reference.keys():
             raise CheckpointError(f"{path}: agent {i}'s weights do not match model {spec['name']} "
@@ -87,6 +93,22 @@ def load_agents(path: str | os.PathLike) -> AgentsCheckpoint:
             if v.shape != reference[k].shape:
                 raise CheckpointError(f"{path}: agent {i}'s {k} has shape {tuple(v.shape)}; "
                                       f"{spec['name']} width {spec['width']} needs {tuple(reference[k].shape)}")
+    train_index = payload["train_index"]
+    if len(train_index) and int(train_index.min()) < 0:
+        raise CheckpointError(f"{path}: train_index holds negative image indices")
+    for i, shard in enumerate(shards):
+        if len(shard) and (int(shard.min()) < 0 or int(shard.max()) >= len(train_index)):
+            raise CheckpointError(f"{path}: agent {i}'s shard indexes image {int(shard.max())} (or below 0) of a "
+                                  f"training subset of {len(train_index)} images")
+    if tuple(payload["class_counts"].shape) != (len(states), spec["num_classes"]):
+        raise CheckpointError(f"{path}: class_counts has shape {tuple(payload['class_counts'].shape)}; expected "
+                              f"({len(states)}, {spec['num_classes']})")
+    meta = payload["meta"]
+    needed = ("dataset", "data_dir", "batch_size")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or any(
+            k not in meta["config"] for k in needed):
+        raise CheckpointError(f"{path}: its metadata lacks the pretraining config ({', '.join(needed)}); "
+                              "it was not written by `python -m dimat_bench pretrain`")
     return AgentsCheckpoint(spec["name"], spec["num_classes"], spec["width"], states,
                             [s.numpy() for s in shards], payload["train_index"].numpy(),
                             payload["class_counts"].numpy(), payload["meta"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from . import __version__
 from . import config as cfg
@@ -16,6 +17,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .permutation import UnsupportedModel
 from .registry import ConfigError
+from .results import write_failure
 
 
 def _commands():
@@ -43,10 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", metavar="FILE", help="YAML/JSON file of config keys")
         what = "manifest file" if name == "data" else "directory"
         command.add_argument("--out", required=True, help=f"output {what} (must not exist, unless --force)")
-        command.add_argument("--force", action="store_true", help=f"replace an existing output {what}")
+        command.add_argument("--force", action="store_true",
+                             help=f"replace an existing output {what} that a dimat-bench command wrote")
         command.add_argument("--quiet", action="store_true", help="no progress output")
+        if name != "data":
+            command.add_argument("--record-failure", action="store_true",
+                                 help="on an error, write --out as a failure record (meta.json with status "
+                                      "failed and the error) and exit 0; the pipeline's jobs use this so that "
+                                      "the tables list a failed cell instead of never being built")
         cfg.add_arguments(command, config_class)
     return parser
+
+
+# Errors in what the user gave: one line naming the input, exit status 2.
+INPUT_ERRORS = (ConfigError, DataError, CheckpointError, UnsupportedModel)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +66,29 @@ def main(argv: list[str] | None = None) -> int:
     config_class, entry_point, _ = _commands()[args.command]
     try:
         entry_point(cfg.resolve(config_class, args), args.out, force=args.force, progress=not args.quiet)
-    except (ConfigError, DataError, CheckpointError, UnsupportedModel) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except INPUT_ERRORS as error:
+        return fail(args, error)
+    except OSError as error:  # a file that cannot be read or written: name it
+        where = f"{error.filename}: " if error.filename else ""
+        return fail(args, OSError(f"{where}{error.strerror or error}"))
+    except Exception as error:  # a bug, or a fault such as running out of memory: the traceback helps
+        if not getattr(args, "record_failure", False):
+            raise
+        traceback.print_exc()
+        return fail(args, error)
+    return 0
+
+
+def fail(args: argparse.Namespace, error: BaseException) -> int:
+    """Print the one-line error; with --record-failure, write the failure record and exit 0."""
+    print(f"error: {error}", file=sys.stderr)
+    if not getattr(args, "record_failure", False) or (isinstance(error, ConfigError) and error.field == "out"):
         return 2
+    given = {k: v for k, v in vars(args).items() if k not in ("force", "quiet", "record_failure")}
+    try:
+        write_failure(args.out, error, given, force=args.force)
+    except (ConfigError, OSError) as why:
+        print(f"error: could not record the failure: {why}", file=sys.stderr)
+        return 2
+    print(f"recorded the failure in {args.out}/meta.json", file=sys.stderr)
     return 0

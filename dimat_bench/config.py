@@ -8,6 +8,7 @@ command-line flags (`train_size` -> `--train-size`), so flags always mirror the 
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import typing
 from dataclasses import field
@@ -53,13 +54,18 @@ def _coerce(name: str, value, tp) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif base is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # inf and nan pass every bound check, then break the maths
+                raise ConfigError(name, value, "a finite number")
+            return number
     elif base is str:
         if isinstance(value, str):
             return value

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import config as cfg
 from .registry import ConfigError, Registry
-from .results import atomic_path, provenance, write_json
+from .results import atomic_path, check_output_path, provenance, write_json
 
 
 class DataError(RuntimeError):
@@ -150,6 +150,33 @@ class ArrayDataset:
     classes: np.ndarray
     path: Path | None = None
 
+    @property
+    def fingerprint(self) -> str:
+        """The identity of the images and labels (`fingerprint`), computed once."""
+        if "_fingerprint" not in self.__dict__:
+            self.__dict__["_fingerprint"] = fingerprint({"x_train": self.x_train, "y_train": self.y_train,
+                                                         "x_test": self.x_test, "y_test": self.y_test,
+                                                         "classes": self.classes})
+        return self.__dict__["_fingerprint"]
+
+
+def fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the cache's content (every required array's name, dtype, shape and bytes), not of
+    the file: a recompressed or renamed copy of the same images has the same fingerprint, another
+    file of the same shape does not. About 0.1 s for CIFAR-10's 50,000 + 10,000 images, against
+    seconds to read and decompress them, so every run checks it. Labels are hashed as int64, so the
+    label dtype a cache was saved with does not matter."""
+    digest = hashlib.sha256()
+    for key in REQUIRED_KEYS:
+        array = np.ascontiguousarray(arrays[key])
+        if key.startswith("y_"):
+            array = array.astype(np.int64)
+        elif key == "classes":
+            array = np.asarray([str(c) for c in array.tolist()]).astype("U")
+        digest.update(f"{key}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return "sha256:" + digest.hexdigest()
+
 
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
     """The canonical cache file of a dataset: `<data_dir>/<name>.npz`."""
@@ -267,13 +294,13 @@ def prepare_data(config: DataConfig, out: str | Path, force: bool = False, progr
     and image counts). The pipeline runs it once per dataset before any pretraining, so parallel
     pretraining jobs never download the same dataset twice."""
     out = Path(out)
-    if out.exists() and not force:
-        raise ConfigError("out", str(out), "a file that does not exist yet (or pass --force)")
+    check_output_path(out, force, what="manifest file")
     dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
     manifest = provenance(cfg.to_dict(config), "cpu")
     manifest["cache"] = {"path": str(dataset.path), "bytes": dataset.path.stat().st_size,
                          "sha256": sha256(dataset.path), "train_images": len(dataset.y_train),
-                         "test_images": len(dataset.y_test), "classes": len(dataset.classes)}
+                         "test_images": len(dataset.y_test), "classes": len(dataset.classes),
+                         "fingerprint": dataset.fingerprint}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, manifest)
     if progress:

@@ -167,24 +167,36 @@ class Population:
         for model in self.models:
             model.eval()
         n = len(self.test)
-        losses = torch.empty(self.n_agents, n, device=self.device)
+        losses = torch.full((self.n_agents, n), math.nan, device=self.device)
         correct = torch.empty(self.n_agents, n, dtype=torch.bool, device=self.device)
+        diverged = set(self.nonfinite_agents())  # NaN logits would still "predict" class 0
         for start in range(0, n, batch_size):
             index = torch.arange(start, min(start + batch_size, n), device=self.device)
             images, labels = self.test.batch(index)
             for i, model in enumerate(self.models):
+                if i in diverged:
+                    continue
                 logits = model(images)
                 losses[i, index] = F.cross_entropy(logits, labels, reduction="none")
                 correct[i, index] = logits.argmax(1) == labels
         results = []
         for i, mask in enumerate(self.own_test_masks):
             own = int(mask.sum())
+            if i in diverged:
+                results.append({"test_acc": math.nan, "test_loss": math.nan, "own_acc": math.nan,
+                                "own_loss": math.nan, "own_images": own})
+                continue
             results.append({
                 "test_acc": correct[i].float().mean().item(), "test_loss": losses[i].mean().item(),
                 "own_acc": correct[i][mask].float().mean().item() if own else math.nan,
                 "own_loss": losses[i][mask].mean().item() if own else math.nan, "own_images": own,
             })
         return results
+
+    def nonfinite_agents(self) -> list[int]:
+        """Agents whose parameters or BatchNorm statistics hold NaN or inf (they have diverged)."""
+        return [i for i, model in enumerate(self.models)
+                if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())]
 
     # --- weights in and out -----------------------------------------------------------------
 

@@ -93,29 +93,30 @@ class Progress:
 
 def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
     """Run pretraining; returns the output directory. All input checks happen before any training."""
-    staged = StagedDirectory(out, force=force)
-    device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
-    info = dataset.info
-    train_index = (np.arange(len(dataset.y_train)) if config.train_size is None
-                   else balanced_subset(dataset.y_train, config.train_size, info.num_classes, "train_size"))
-    test_index = (None if config.test_size is None
-                  else balanced_subset(dataset.y_test, config.test_size, info.num_classes, "test_size"))
-    split = create_split(config.split, dataset.y_train[train_index], info.num_classes, config.agents,
-                         seed=derive_seed(config.seed, "split"), **config.split_options())
-    meta = provenance(cfg.to_dict(config), device)
-    meta["data"] = {"cache": str(dataset.path), "train_images": len(train_index),
-                    "test_images": len(dataset.y_test) if test_index is None else len(test_index)}
+    with StagedDirectory(out, force=force) as workdir:
+        device = resolve_device(config.device)
+        dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+        info = dataset.info
+        train_index = (np.arange(len(dataset.y_train)) if config.train_size is None
+                       else balanced_subset(dataset.y_train, config.train_size, info.num_classes, "train_size"))
+        test_index = (None if config.test_size is None
+                      else balanced_subset(dataset.y_test, config.test_size, info.num_classes, "test_size"))
+        split = create_split(config.split, dataset.y_train[train_index], info.num_classes, config.agents,
+                             seed=derive_seed(config.seed, "split"), **config.split_options())
+        meta = provenance(cfg.to_dict(config), device)
+        meta["data"] = {"cache": str(dataset.path), "fingerprint": dataset.fingerprint,
+                        "train_images": len(train_index),
+                        "test_images": len(dataset.y_test) if test_index is None else len(test_index)}
 
-    started = time.perf_counter()
-    with staged as workdir:
+        started = time.perf_counter()
         train, test = device_datasets(dataset, device, train_index, test_index,
                                       config.legacy_normalization, config.augment)
         population = Population(initial_models(config, info.num_classes), split.shards, train, test,
                                 [split.own_classes(i) for i in range(config.agents)],
                                 config.optimizer_spec(), config.batch_size, config.seed)
-        rows, train_seconds, eval_seconds = train_epochs(population, config, progress)
+        rows, train_seconds, eval_seconds, diverged = train_epochs(population, config, progress)
 
+        meta["status"], meta["diverged"] = ("diverged" if diverged else "complete"), diverged
         meta["seconds"] = {"train": train_seconds, "evaluate": eval_seconds,
                            "total": time.perf_counter() - started}
         save_agents(workdir / "agents.pt", AgentsCheckpoint(
@@ -126,7 +127,7 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
                   for i, row in enumerate(split.class_counts) for c, n in enumerate(row)]
         write_csv(workdir / "class_counts.csv", counts, ["agent", "class", "class_name", "count"], meta)
         write_json(workdir / "meta.json", meta)
-    print_summary(rows[-config.agents:], meta["seconds"]["total"], Path(out))
+    print_summary(rows[-config.agents:], meta["seconds"]["total"], Path(out), diverged)
     return Path(out)
 
 
@@ -139,18 +140,24 @@ def initial_models(config: PretrainConfig, num_classes: int) -> list[torch.nn.Mo
     return models
 
 
-def train_epochs(population: Population, config: PretrainConfig, progress: bool) -> tuple[list[dict], float, float]:
+def train_epochs(population: Population, config: PretrainConfig,
+                 progress: bool) -> tuple[list[dict], float, float, dict | None]:
     """`config.epochs` epochs, evaluated after the last (and every `eval_every`); the metric rows
-    (METRIC_COLUMNS) and the seconds spent training and evaluating."""
+    (METRIC_COLUMNS), the seconds spent training and evaluating, and where agents diverged (weights
+    or loss no longer finite: training stops after that epoch, evaluated; None when none did)."""
     bar = Progress(population, config.epochs, progress)
-    rows, train_seconds, eval_seconds = [], 0.0, 0.0
+    rows, train_seconds, eval_seconds, diverged = [], 0.0, 0.0, None
     for epoch in range(1, config.epochs + 1):
         bar.epoch = epoch
         lr = population.lr
         trained = population.train_epoch(after_step=bar.after_step)
         train_seconds += trained[0]["seconds"]
+        agents = set(population.nonfinite_agents()) | {i for i, t in enumerate(trained)
+                                                        if not np.isfinite(t["train_loss"])}
+        if agents:
+            diverged = {"epoch": epoch, "agents": sorted(agents)}
         evaluated = [{}] * config.agents
-        if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
+        if epoch == config.epochs or diverged or (config.eval_every and epoch % config.eval_every == 0):
             tick = time.perf_counter()
             evaluated = population.evaluate()
             seconds = time.perf_counter() - tick
@@ -162,12 +169,16 @@ def train_epochs(population: Population, config: PretrainConfig, progress: bool)
             rows.append({"epoch": epoch, "agent": i, "lr": lr, "train_loss": t["train_loss"],
                          "train_acc": t["train_acc"], "train_images": t["train_images"],
                          "seconds_train": t["seconds"], **evaluated[i]})
+        if diverged:
+            break
     bar.close()
-    return rows, train_seconds, eval_seconds
+    return rows, train_seconds, eval_seconds, diverged
 
 
-def print_summary(rows: list[dict], seconds: float, out: Path) -> None:
+def print_summary(rows: list[dict], seconds: float, out: Path, diverged: dict | None = None) -> None:
     print(f"pretrained {len(rows)} agents in {seconds:.1f} s -> {out}")
+    if diverged:
+        print(f"diverged in epoch {diverged['epoch']}: agent(s) {diverged['agents']} (weights or loss not finite)")
     print("agent  test_acc  own_acc  train_acc")
     for r in rows:
         print(f"{r['agent']:>5}  {r['test_acc']:>8.2%}  {r['own_acc']:>7.2%}  {r['train_acc']:>9.2%}")

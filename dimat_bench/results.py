@@ -89,40 +89,137 @@ def read_csv_meta(path: str | os.PathLike) -> dict | None:
     return json.loads(first[len(CSV_META_PREFIX):]) if first.startswith(CSV_META_PREFIX) else None
 
 
-class StagedDirectory:
-    """An output directory that appears only when complete.
+MARKER = ".dimat-bench"  # written last into every output directory a command completes
 
-    Construct it before any compute (it fails at once when `out` exists and `force` is off); write
-    into `.path` inside `with`; on success the staging directory is renamed to `out`, on error it
-    is deleted, so a crashed run leaves nothing that looks like a result. A process killed outright
-    leaves its staging directory (`.partial-<name>-<host>-<pid>`); the next run for the same `out`
-    removes it once that process is gone."""
+
+def check_output_path(out: Path, force: bool, what: str = "directory", field: str = "out") -> None:
+    """Raise ConfigError unless a command may write `out`: its folder can be created and written, and
+    `out` is absent, an empty directory, or (with `force`) a previous dimat-bench output. `--force`
+    never replaces the working directory or one of its parents, nor anything without the marker a
+    completed dimat-bench output carries. Cheap and side-effect free: called before any compute."""
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise ConfigError(field, str(out), f"a new {what}, not the working directory or one of its parents")
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(field, str(out), f"a {what} whose folder can be created", f"{ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(field, str(out), f"a {what} in a folder you can write", f"{ancestor} is not writable")
+    if not out.exists() and not out.is_symlink():
+        return
+    if what == "directory" and out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        return
+    if not force:
+        raise ConfigError(field, str(out), f"a {what} that does not exist yet or is empty",
+                          "Pass --force to replace a previous dimat-bench output")
+    if not is_dimat_output(out, what):
+        raise ConfigError(field, str(out), f"with --force, a {what} a dimat-bench command wrote",
+                          f"it has no {MARKER if what == 'directory' else 'dimat-bench manifest'}; "
+                          "move or delete it yourself")
+
+
+def is_dimat_output(path: Path, what: str = "directory") -> bool:
+    """Whether `path` is a complete output of a dimat-bench command (its marker file, written last;
+    for a manifest file, its `cache` record), so that `--force` may replace it."""
+    if path.is_symlink():
+        return False
+    if what == "directory":
+        return path.is_dir() and (path / MARKER).is_file()
+    try:
+        return path.is_file() and "cache" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+class OutputLock:
+    """An exclusive, non-blocking lock on an output path (`flock` on `.<name>.lock` beside it): a second
+    command writing the same output fails at once instead of racing the first. Released (and the
+    lock file removed) on exit; a killed process's lock dies with it."""
+
+    def __init__(self, out: Path, field: str = "out"):
+        self.out, self.field = out, field
+        self.path = out.parent / f".{out.name}.lock"
+        self.handle = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                handle.close()
+                raise ConfigError(self.field, str(self.out), "an output no other run is writing",
+                                  f"{owner} is writing it now") from None
+            try:  # the file may have been removed by its last holder between open and flock
+                if os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()
+            self.handle = None
+
+
+class StagedDirectory:
+    """An output directory that appears only when complete, written by one command at a time.
+
+    Construct it before any compute: it checks `out` (`check_output_path`) and fails at once. Inside
+    `with` it holds the output's lock and `.path` is a staging directory; on success the marker file
+    is written last and the staging directory renamed to `out`; on error it is deleted, so a crashed
+    run leaves nothing that looks like a result. A process killed outright leaves its staging
+    directory (`.partial-<name>-<host>-<pid>`); the next run for the same `out` removes it once that
+    process is gone."""
 
     def __init__(self, out: str | os.PathLike, force: bool = False):
-        self.out = Path(out)
-        if self.out.exists() and not force and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise ConfigError("out", str(self.out), "a directory that does not exist yet or is empty",
-                              "Pass --force to replace it")
+        self.out, self.force = Path(out), force
+        check_output_path(self.out, force)
         self.prefix = f".partial-{self.out.name}-{socket.gethostname()}-"
         self.path = self.out.parent / f"{self.prefix}{os.getpid()}"
+        self.lock = OutputLock(self.out)
 
     def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.out.parent.glob(f"{glob.escape(self.prefix)}*"):
-            pid = stale.name[len(self.prefix):]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir()
+        self.lock.__enter__()
+        try:
+            check_output_path(self.out, self.force)  # again, under the lock
+            for stale in self.out.parent.glob(f"{glob.escape(self.prefix)}*"):
+                pid = stale.name[len(self.prefix):]
+                if pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(stale, ignore_errors=True)
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir()
+        except BaseException:
+            self.lock.__exit__()
+            raise
         return self.path
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            return
-        if self.out.exists():
-            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
-        os.replace(self.path, self.out)
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+                return
+            (self.path / MARKER).write_text(json.dumps({"complete": True, "command": sys.argv}) + "\n")
+            if self.out.exists():
+                check_output_path(self.out, self.force)
+                shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+            os.replace(self.path, self.out)
+        finally:
+            self.lock.__exit__()
 
 
 def _alive(pid: int) -> bool:
@@ -185,3 +282,21 @@ def provenance(config: Mapping, device=None, libraries: tuple[str, ...] = (), **
     meta["command"] = sys.argv
     meta["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return {**meta, **extra}
+
+
+def write_failure(out: str | os.PathLike, error: BaseException, config: Mapping, force: bool = False) -> None:
+    """Record a command that failed as its output: a directory holding only `meta.json` with
+    `status: failed`, the one-line error and the provenance. The pipeline's jobs do this
+    (`--record-failure`), so that the tables list the failed cell instead of never being built."""
+    with StagedDirectory(out, force=force) as workdir:
+        write_json(workdir / "meta.json", {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                                           **provenance(config)})
+
+
+def read_failure(directory: str | os.PathLike) -> str | None:
+    """The error of a recorded failure (`write_failure`) in `directory`, or None."""
+    try:
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("error", "unknown error") if isinstance(meta, dict) and meta.get("status") == "failed" else None

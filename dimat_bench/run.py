@@ -21,12 +21,12 @@ import numpy as np
 
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, CheckpointError, load_agents, save_agents
-from .data import balanced_subset, device_datasets, load_dataset
+from .data import ArrayDataset, DataError, balanced_subset, device_datasets, load_dataset
 from .devices import check_device, resolve_device
 from .methods import METHODS, Method, MethodContext, MethodOptions, create_method
 from .population import Population
 from .registry import ConfigError, did_you_mean
-from .results import StagedDirectory, provenance, write_csv, write_json
+from .results import StagedDirectory, provenance, read_failure, write_csv, write_json
 from .topology import GRAPHS, WEIGHTS, Topology, create_topology
 
 
@@ -41,6 +41,8 @@ class RunConfig:
     method: str = cfg.option("dimat", "decentralized method or variant", choices=METHODS.names)
     topology: str = cfg.option("ring", "communication graph", choices=GRAPHS.names)
     mixing: str = cfg.option("official", "mixing weights", choices=WEIGHTS.names)
+    edges: str | None = cfg.option(None, "topology edges only: its undirected edges as i-j pairs, e.g. 0-1,1-2,2-0",
+                                   check=lambda text: parse_edges(text))
     rounds: int = cfg.option(100, "rounds of communicate + train", min=1)
     epochs_per_round: int = cfg.option(2, "local epochs per round (E)", min=1)
     batch_size: int | None = cfg.option(None, "minibatch size (none = the pretraining's)", min=2)
@@ -50,6 +52,24 @@ class RunConfig:
     def validate(self) -> None:
         if self.pretrained is None:
             raise ConfigError("pretrained", None, "a directory written by `python -m dimat_bench pretrain`")
+        if (self.topology == "edges") != (self.edges is not None):
+            raise ConfigError("edges", self.edges, "an edge list exactly when topology is edges "
+                              f"(topology is {self.topology})")
+
+    def topology_options(self) -> dict:
+        return {"edges": parse_edges(self.edges)} if self.edges is not None else {}
+
+
+def parse_edges(text: str) -> list[tuple[int, int]]:
+    """`0-1,1-2` -> [(0, 1), (1, 2)]; agent indices are checked against N when the graph is built."""
+    edges = []
+    for part in text.replace(" ", "").split(","):
+        pair = part.split("-")
+        if len(pair) != 2 or not all(p.isdigit() for p in pair):
+            raise ConfigError("edges", text, "comma-separated i-j pairs of agent indices, e.g. 0-1,1-2,2-0",
+                              f"{part!r} is not one")
+        edges.append((int(pair[0]), int(pair[1])))
+    return edges
 
 
 RUN_KEYS = [f.name for f in dataclasses.fields(RunConfig)]
@@ -158,12 +178,37 @@ class Cell:
     topology: Topology
     method: Method
     meta: dict
+    diverged: dict | None = None  # {round, phase, agents} once an agent's weights or loss turned non-finite
 
 
 def load_pretrained(directory: str | Path) -> AgentsCheckpoint:
-    if not Path(directory).is_dir():
+    """The checkpoint of a completed pretraining (a recorded failure says why it has none)."""
+    directory = Path(directory)
+    if not directory.is_dir():
         raise ConfigError("pretrained", str(directory), "a directory written by `python -m dimat_bench pretrain`")
-    return load_agents(Path(directory) / "agents.pt")
+    failure = read_failure(directory)
+    if failure is not None:
+        raise ConfigError("pretrained", str(directory), "a completed pretraining", f"it failed: {failure}")
+    return load_agents(directory / "agents.pt")
+
+
+def check_data(ckpt: AgentsCheckpoint, dataset: ArrayDataset, pretrained: str) -> None:
+    """The data a run reads must be the data its agents were pretrained on: same class count, same
+    images (the pretraining's data fingerprint), enough training images for its shards."""
+    if ckpt.num_classes != dataset.info.num_classes:
+        raise CheckpointError(f"{pretrained}: its model has {ckpt.num_classes} classes; dataset "
+                              f"{dataset.info.name} has {dataset.info.num_classes}")
+    recorded = (ckpt.meta.get("data") or {}).get("fingerprint")
+    if recorded is None:
+        raise CheckpointError(f"{pretrained}: records no data fingerprint (an older dimat-bench wrote it); "
+                              "pretrain again")
+    if recorded != dataset.fingerprint:
+        raise DataError(f"data_dir: {dataset.path} holds other images than the pretraining {pretrained} used "
+                        f"(fingerprint {dataset.fingerprint[:19]}…, recorded {recorded[:19]}…); point --data-dir "
+                        "at the data it was pretrained on")
+    if len(ckpt.train_index) and int(ckpt.train_index.max()) >= len(dataset.y_train):
+        raise CheckpointError(f"{pretrained}: its shards index {int(ckpt.train_index.max()) + 1} training "
+                              f"images but {dataset.path} holds {len(dataset.y_train)}; use the same data file")
 
 
 def build_cell(config: CellConfig) -> Cell:
@@ -173,14 +218,12 @@ def build_cell(config: CellConfig) -> Cell:
     ckpt = load_pretrained(run.pretrained)
     pre = ckpt.meta["config"]
     device = resolve_device(run.device)
+    topology = create_topology(run.topology, len(ckpt.states), run.mixing, **run.topology_options())
     dataset = load_dataset(pre["dataset"], run.data_dir or pre["data_dir"], download=pre.get("download", True))
-    if int(ckpt.train_index.max()) >= len(dataset.y_train):
-        raise CheckpointError(f"{run.pretrained}: its shards index {int(ckpt.train_index.max()) + 1} training "
-                              f"images but {dataset.path} holds {len(dataset.y_train)}; use the same data file")
+    check_data(ckpt, dataset, run.pretrained)
     test_size = run.test_size or pre.get("test_size")
     test_index = (None if test_size is None
                   else balanced_subset(dataset.y_test, test_size, dataset.info.num_classes, "test_size"))
-    topology = create_topology(run.topology, len(ckpt.states), run.mixing)
     config = dataclasses.replace(config, run=dataclasses.replace(run, batch_size=run.batch_size or pre["batch_size"]))
     train, test = device_datasets(dataset, device, ckpt.train_index, test_index,
                                   pre.get("legacy_normalization", False), pre.get("augment", True))
@@ -193,6 +236,7 @@ def build_cell(config: CellConfig) -> Cell:
     meta["method"] = {"name": run.method, "family": method.family, "variant_of": method.variant_of,
                       "fixed": method.fixed, "options": type(config.options).__name__}
     meta["pretrained"] = {"path": str(run.pretrained), "config": pre, "code": ckpt.meta.get("code")}
+    meta["data"] = {"cache": str(dataset.path), "fingerprint": dataset.fingerprint}
     meta["topology"] = {"mixing_matrix": topology.mixing_matrix.tolist(), "spectral_gap": topology.spectral_gap}
     return Cell(config, ckpt, population, topology, method, meta)
 
@@ -226,25 +270,48 @@ def measure(cell: Cell, round_index: int, phase: str, progress: bool, train_stat
 
 
 def run_rounds(cell: Cell, progress: bool = True) -> list[dict]:
-    """Round 0, then R rounds of (merge → evaluate →) E epochs → evaluate; the metric rows."""
+    """Round 0, then R rounds of (merge → evaluate →) E epochs → evaluate; the metric rows. The cell
+    stops at the first measurement where an agent has diverged (`cell.diverged` says where)."""
     method, population, epochs = cell.method, cell.population, cell.config.run.epochs_per_round
     rows = measure(cell, 0, "initial", progress)
+    if check_divergence(cell, 0, "initial", progress):
+        return rows
     for r in range(1, cell.config.run.rounds + 1):
         if method.family == "merge":
             merged_before = method.communicate_seconds
             method.communicate(r)
             rows += measure(cell, r, "after_merge", progress, communicate=method.communicate_seconds - merged_before)
+            if check_divergence(cell, r, "after_merge", progress):
+                return rows
         tick, lr, communicated_before = time.perf_counter(), population.lr, method.communicate_seconds
         stats = method.train(epochs)
         communicated = method.communicate_seconds - communicated_before
         rows += measure(cell, r, "after_train", progress, stats, lr, communicate=communicated,
                         train=time.perf_counter() - tick - communicated)
+        if check_divergence(cell, r, "after_train", progress, stats):
+            return rows
     return rows
+
+
+def check_divergence(cell: Cell, round_index: int, phase: str, progress: bool,
+                     stats: list[dict] | None = None) -> bool:
+    """Whether an agent's weights or training loss are no longer finite; if so, record where in
+    `cell.diverged`. The cell then stops: a merge or gossip step with a NaN model has no defined
+    result, and leaving the agent out would run a method the paper never ran (docs/engine.md#divergence)."""
+    agents = set(cell.population.nonfinite_agents())
+    agents |= {i for i, s in enumerate(stats or []) if not np.isfinite(s["train_loss"])}
+    if not agents:
+        return False
+    cell.diverged = {"round": round_index, "phase": phase, "agents": sorted(agents)}
+    log(f"round {round_index:>3} {phase}: agent(s) {sorted(agents)} diverged (non-finite weights or loss); "
+        "the cell stops here", progress)
+    return True
 
 
 def write_cell(directory: Path, cell: Cell, rows: list[dict], seconds: float) -> None:
     """`agents.pt`, `metrics.csv` and `meta.json` (with seconds per phase, averaged over agents)."""
     meta, ckpt, n_agents = cell.meta, cell.checkpoint, cell.population.n_agents
+    meta["status"], meta["diverged"] = ("diverged" if cell.diverged else "complete"), cell.diverged
     meta["seconds"] = {"total": seconds, **{phase: sum(r[f"seconds_{phase}"] for r in rows) / n_agents
                                             for phase in ("train", "communicate", "evaluate")}}
     save_agents(directory / "agents.pt", AgentsCheckpoint(ckpt.model, ckpt.num_classes, ckpt.width,
@@ -256,15 +323,16 @@ def write_cell(directory: Path, cell: Cell, rows: list[dict], seconds: float) ->
 
 def run_cell(config: CellConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
     """Run one cell; returns the output directory. All input checks happen before any training."""
-    staged = StagedDirectory(out, force=force)
-    cell = build_cell(config)
-    started = time.perf_counter()
-    with staged as workdir:
+    with StagedDirectory(out, force=force) as workdir:
+        cell = build_cell(config)
+        started = time.perf_counter()
         rows = run_rounds(cell, progress)
         write_cell(workdir, cell, rows, time.perf_counter() - started)
     final = np.mean([r["test_acc"] for r in rows[-cell.population.n_agents:]])
-    print(f"{config.run.method} on {config.run.topology}, {config.run.rounds} rounds: final mean accuracy "
-          f"{final:.2%} in {cell.meta['seconds']['total']:.1f} s -> {out}")
+    outcome = (f"diverged in round {cell.diverged['round']} (agents {cell.diverged['agents']})" if cell.diverged
+               else f"final mean accuracy {final:.2%}")
+    print(f"{config.run.method} on {config.run.topology}, {config.run.rounds} rounds: {outcome} in "
+          f"{cell.meta['seconds']['total']:.1f} s -> {out}")
     return Path(out)
 
 

@@ -71,7 +71,7 @@ def test_every_method_runs_a_two_round_cell_and_counts_bytes_exactly(name, topol
     matching = ["--match-samples", "50"] if "match_samples" in cls.settable_keys() else []
     assert main(["run", "--pretrained", str(pretrained5), "--method", name, "--topology", topology, "--rounds", "2",
                  "--epochs-per-round", "1", *matching, "--out", str(out), "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["agents.pt", "meta.json", "metrics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".dimat-bench", "agents.pt", "meta.json", "metrics.csv"]
     meta = json.loads((out / "meta.json").read_text())  # the resolved config: run keys and the method's options
     resolved = CellConfig.from_mapping(meta["config"])
     assert resolved.to_dict() == meta["config"]

@@ -26,7 +26,7 @@ def pretrained(tmp_path_factory, data_dir):
 
 
 def test_pretrain_writes_every_output_with_provenance(pretrained):
-    assert sorted(p.name for p in pretrained.iterdir()) == ["agents.pt", "class_counts.csv", "meta.json", "metrics.csv"]
+    assert sorted(p.name for p in pretrained.iterdir()) == [".dimat-bench", "agents.pt", "class_counts.csv", "meta.json", "metrics.csv"]
     meta = json.loads((pretrained / "meta.json").read_text())
     assert meta["config"]["split"] == "noniid" and meta["config"]["agents"] == 2
     assert {"package", "commit", "dirty"} <= set(meta["code"])
@@ -73,7 +73,7 @@ def test_same_seed_reproduces_the_run_exactly(pretrained, data_dir, tmp_path):
 
 def test_existing_output_needs_force(pretrained, data_dir, capsys):
     assert run(data_dir, pretrained, "--split", "noniid") == 2
-    assert "Pass --force to replace it" in capsys.readouterr().err
+    assert "Pass --force to replace a previous dimat-bench output" in capsys.readouterr().err
 
 
 def test_a_crash_leaves_no_result_behind(data_dir, tmp_path, monkeypatch):
