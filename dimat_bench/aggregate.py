@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import pandas as pd
 
@@ -37,12 +37,66 @@ def cell_settings(meta: dict) -> dict:
             "pretrain_seed": pre["seed"], "epochs_per_round": run["epochs_per_round"]}
 
 
+STATUSES = ("complete", "diverged", "failed", "missing")  # what a cell can be, best first
+
+
+def read_meta(directory: Path) -> dict | None:
+    try:
+        return json.loads((Path(directory) / "meta.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | None = None) -> pd.DataFrame:
+    """One row per cell directory: its settings (CELL_KEYS), `status` (STATUSES), `detail` (where it
+    diverged, or its error) and `path`. `expected`, the grid's cells in the order of `cell_dirs`,
+    gives the settings of cells without readable metadata (failed or missing) and is checked
+    against the others'. Every cell of one dataset must have run on the same data (its fingerprint)."""
+    cell_dirs = [Path(d) for d in cell_dirs]
+    expected = list(expected) if expected is not None else [None] * len(cell_dirs)
+    if len(expected) != len(cell_dirs):
+        raise ValueError(f"{len(cell_dirs)} cell directories but {len(expected)} expected cells")
+    rows, fingerprints = [], {}
+    for directory, cell in zip(cell_dirs, expected):
+        meta = read_meta(directory)
+        status = "missing" if meta is None else meta.get("status", "complete")
+        if status in ("missing", "failed"):
+            if cell is None:
+                raise ValueError(f"{directory}: a {status} cell; pass the grid's cells to name its settings")
+            detail = "no output" if meta is None else meta.get("error", "")
+            rows.append({k: cell[k] for k in CELL_KEYS} | {"status": status, "detail": detail, "path": str(directory)})
+            continue
+        settings = {k: cell_settings(meta)[k] for k in CELL_KEYS}
+        if cell is not None and any(str(settings[k]) != str(cell[k]) for k in CELL_KEYS):
+            raise ValueError(f"{directory}: holds cell {settings}, not the grid's {dict(cell)}")
+        check_fingerprint(fingerprints, settings["dataset"], meta, directory)
+        diverged = meta.get("diverged")
+        detail = (f"diverged in round {diverged['round']} ({diverged['phase']}), agents {diverged['agents']}"
+                  if diverged else "")
+        rows.append(settings | {"status": status, "detail": detail, "path": str(directory)})
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path"])
+
+
+def check_fingerprint(seen: dict, dataset: str, meta: dict, directory: Path) -> None:
+    """Raise unless the cell ran on the same images as the dataset's other cells."""
+    found = (meta.get("data") or {}).get("fingerprint")
+    if found is None:
+        raise ValueError(f"{directory}: records no data fingerprint (an older dimat-bench ran it); run it again")
+    first = seen.setdefault(dataset, (found, directory))
+    if first[0] != found:
+        raise ValueError(f"{directory} and {first[1]} ran on different {dataset} data (fingerprints {found[:19]}… "
+                         f"and {first[0][:19]}…); their results cannot share a table")
+
+
 def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """Every cell's metrics rows, with the cell's settings as columns (one tidy table)."""
+    """Every cell's metrics rows (cells that have them: complete or diverged), with the cell's
+    settings as columns (one tidy table)."""
     frames, seen = [], {}
     for directory in cell_dirs:
         directory = Path(directory)
-        meta = json.loads((directory / "meta.json").read_text())
+        meta = read_meta(directory)
+        if meta is None or meta.get("status") == "failed":
+            continue
         settings = cell_settings(meta)
         key = tuple(settings[k] for k in CELL_KEYS)
         if key in seen:  # two runs of one cell would be averaged as if they were one
@@ -53,14 +107,20 @@ def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
             frame.insert(len(frame.columns), column, value)
         frames.append(frame)
     if not frames:
-        raise ValueError("no cell directories given")
+        raise ValueError("no cell has results: every cell failed or is missing")
     return pd.concat(frames, ignore_index=True)
 
 
 def agent_means(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Agent-averaged metrics per cell, round and phase."""
+    """Agent-averaged metrics per cell, round and phase; NaN where any agent's value is NaN (a
+    diverged agent), never the mean of the others."""
     columns = ["test_acc", "test_loss", "own_acc", "consensus_distance", "messages_sent", "bytes_sent"]
-    return metrics.groupby(CELL_KEYS + ["round", "phase"], sort=False)[columns].mean().reset_index()
+    keys = CELL_KEYS + ["round", "phase"]
+    grouped = metrics.groupby(keys, sort=False)
+    means = grouped[columns].mean()
+    undefined = metrics[["test_acc", "test_loss"]].isna().groupby([metrics[k] for k in keys], sort=False).any()
+    means.loc[undefined.any(axis=1), ["test_acc", "test_loss", "own_acc"]] = float("nan")
+    return means.reset_index()
 
 
 def curves(means: pd.DataFrame, point: str) -> pd.DataFrame:
@@ -77,14 +137,16 @@ def curves(means: pd.DataFrame, point: str) -> pd.DataFrame:
     return means[wanted].assign(point=point).reset_index(drop=True)
 
 
-def final_accuracy(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: rounds, the pretrained agents' accuracy (`initial_acc`), the last round's accuracy at
-    each measurement point (`<point>_acc`, fractions), and messages and bytes sent per agent."""
+def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cell: rounds run, the pretrained agents' accuracy (`initial_acc`), the last round's accuracy
+    at each measurement point (`<point>_acc`, fractions), and messages and bytes sent per agent.
+    With `status` (`cell_status`): one row per cell of it, with its status and detail; a cell that
+    is not complete has no final accuracy (NaN), whatever it reached before it diverged."""
     means = agent_means(metrics)
     initial = means[means["phase"] == "initial"].set_index(CELL_KEYS)
     last = means[means["round"] == means.groupby(CELL_KEYS)["round"].transform("max")]
     trained = last[last["phase"] == "after_train"].set_index(CELL_KEYS)
-    final = pd.DataFrame({"rounds": trained["round"], "initial_acc": initial["test_acc"]})
+    final = pd.DataFrame({"rounds": means.groupby(CELL_KEYS)["round"].max(), "initial_acc": initial["test_acc"]})
     for point in POINTS:
         at_point = curves(means, point)
         at_point = at_point[at_point["round"] == at_point.groupby(CELL_KEYS)["round"].transform("max")]
@@ -92,7 +154,14 @@ def final_accuracy(metrics: pd.DataFrame) -> pd.DataFrame:
     final["messages_per_agent"], final["bytes_per_agent"] = trained["messages_sent"], trained["bytes_sent"]
     penalty = merge_penalty(means).groupby(CELL_KEYS)["penalty"]
     final["merge_penalty_first"], final["merge_penalty_mean"] = penalty.first(), penalty.mean()
-    return final.reset_index()
+    final = final.reset_index()
+    if status is None:
+        return final.assign(status="complete", detail="")
+    keyed = status[CELL_KEYS + ["status", "detail"]].astype({k: str for k in CELL_KEYS})
+    final = keyed.merge(final.astype({k: str for k in CELL_KEYS}), on=CELL_KEYS, how="left")
+    final = final.astype({k: metrics[k].dtype for k in CELL_KEYS if k in metrics})
+    final.loc[final["status"] != "complete", [f"{point}_acc" for point in POINTS]] = float("nan")
+    return final[[c for c in final.columns if c not in ("status", "detail")] + ["status", "detail"]]
 
 
 def merge_penalty(means: pd.DataFrame) -> pd.DataFrame:
@@ -115,31 +184,62 @@ def setting_label(row) -> str:
 
 def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
     """Long table: one row per (method, setting) with mean and std over seeds of the final
-    agent-averaged accuracy in percent at `point`, the number of seeds, and per setting a
-    `pretrained` row (the agents every method started from)."""
+    agent-averaged accuracy in percent at `point`, the number of seeds, how many of them did not
+    complete (`note`, e.g. "diverged 1/3"; the mean is then NaN, never the other seeds' mean), and
+    per setting a `pretrained` row (the agents every method started from)."""
     final = final.assign(setting=final.apply(setting_label, axis=1), final_pct=100 * final[f"{point}_acc"],
                          initial_pct=100 * final["initial_acc"])
-    grouped = final.groupby(["method", "setting"], sort=True)["final_pct"]
-    table = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.size()}).reset_index()
+    if "status" not in final:
+        final = final.assign(status="complete")
+    grouped = final.groupby(["method", "setting"], sort=True)
+    table = pd.DataFrame({"mean": grouped["final_pct"].mean(), "std": grouped["final_pct"].std(ddof=1),
+                          "seeds": grouped.size(), "note": grouped["status"].agg(status_note)}).reset_index()
+    table.loc[table["note"] != "", ["mean", "std"]] = float("nan")
     # The pretrained agents of a setting and seed are the same for every method: one value per seed.
-    initial = final.groupby(["setting", "seed"], sort=True)["initial_pct"].first().groupby("setting")
+    ran = final[final["status"].isin(["complete", "diverged"])]
+    initial = ran.groupby(["setting", "seed"], sort=True)["initial_pct"].first().groupby("setting")
+    undefined = initial.apply(lambda v: v.isna().sum())
     pretrained = pd.DataFrame({"method": PRETRAINED, "mean": initial.mean(), "std": initial.std(ddof=1),
-                               "seeds": initial.size()}).reset_index()
+                               "seeds": initial.size(),
+                               "note": [f"diverged {n}/{k}" if n else "" for n, k in zip(undefined, initial.size())]
+                               }).reset_index()
+    pretrained.loc[pretrained["note"] != "", ["mean", "std"]] = float("nan")
     return pd.concat([table, pretrained[table.columns]], ignore_index=True).assign(point=point)
+
+
+def status_note(statuses: pd.Series) -> str:
+    """'' when every seed completed, else e.g. 'diverged 1/3, failed 1/3'."""
+    counts = statuses.value_counts()
+    return ", ".join(f"{s} {counts[s]}/{len(statuses)}" for s in STATUSES[1:] if s in counts)
 
 
 def _formatted(table: pd.DataFrame, bold) -> pd.DataFrame:
     """Wide table of "mean ± std" strings (the mean alone for one seed: no spread to report), the
-    best method per column passed through `bold`, the pretrained agents as the last row."""
-    methods = table[table["method"] != PRETRAINED]
+    best method per column passed through `bold`, a cell whose seeds did not all complete as its
+    note, the pretrained agents as the last row, and "–" only where the grid has no such cell."""
+    if "note" not in table:
+        table = table.assign(note="")
+    methods = table[(table["method"] != PRETRAINED) & (table["note"] == "")]
     best = methods.groupby("setting")["mean"].max()
-    is_best = (table["method"] != PRETRAINED) & (table["mean"] >= table["setting"].map(best))
-    text = table.apply(lambda r: f"{r['mean']:.2f}" if r["seeds"] < 2 else f"{r['mean']:.2f} ± {r['std']:.2f}",
-                       axis=1)
+    is_best = (table["method"] != PRETRAINED) & (table["note"] == "") & (table["mean"] >= table["setting"].map(best))
+    text = table.apply(lambda r: r["note"] if r["note"] else f"{r['mean']:.2f}" if r["seeds"] < 2
+                       else f"{r['mean']:.2f} ± {r['std']:.2f}", axis=1)
     text = text.where(~is_best, text.map(bold))
     wide = table.assign(text=text).pivot(index="method", columns="setting", values="text")
     order = sorted(m for m in wide.index if m != PRETRAINED) + [PRETRAINED]
     return wide.reindex([m for m in order if m in wide.index]).fillna("–")
+
+
+def incomplete_cells(status: pd.DataFrame) -> str:
+    """A Markdown list of the cells that did not complete, with why (empty when all did)."""
+    bad = status[status["status"] != "complete"]
+    if bad.empty:
+        return ""
+    lines = [f"Cells that did not complete ({len(bad)} of {len(status)}); rerun one with "
+             "`snakemake --forcerun <path>`:", ""]
+    lines += [f"- **{r['status']}** {r['method']}, {setting_label(r)}, seed {r['seed']}: {r['detail'] or '-'} "
+              f"(`{r['path']}`)" for _, r in bad.iterrows()]
+    return "\n".join(lines) + "\n"
 
 
 def caption(point: str, seeds: str, rounds: Iterable[int]) -> str:
@@ -159,8 +259,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(table: pd.DataFrame, caption_text: str = "") -> str:
+def to_markdown(table: pd.DataFrame, caption_text: str = "", status: pd.DataFrame | None = None) -> str:
     body = markdown_table(_formatted(table, lambda s: f"**{s}**").reset_index())
+    listed = incomplete_cells(status) if status is not None else ""
+    body = f"{body}\n{listed}" if listed else body
     return f"{caption_text}\n\n{body}" if caption_text else body
 
 
@@ -178,5 +280,5 @@ def to_latex(table: pd.DataFrame, caption_text: str = "") -> str:
 
 def cell_provenance(cell_dirs: Iterable[str | Path]) -> list[dict]:
     """Each cell's path and the code version that computed it (a table's provenance lists them)."""
-    return [{"path": str(d), "code": json.loads((Path(d) / "meta.json").read_text()).get("code")} for d in cell_dirs]
+    return [{"path": str(d), "code": (read_meta(Path(d)) or {}).get("code")} for d in cell_dirs]
 

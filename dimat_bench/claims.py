@@ -93,6 +93,10 @@ def against_baselines(claim: dict, setting: dict, values: pd.DataFrame, column: 
     if not len(ours_values) or not present:
         missing = [m for m in [method, *claim["baselines"]] if not len(per_seed(values, setting, m, column))]
         return row | {"ours": "–", "verdict": "not run", "reason": f"the grid has no {', '.join(missing)} cells here"}
+    broken = [m for m in [method, *present] if per_seed(values, setting, m, column).isna().any()]
+    if broken:  # a diverged or failed cell has no value; averaging the other seeds would hide it
+        return row | {"ours": "–", "verdict": "inconclusive",
+                      "reason": f"{', '.join(broken)} diverged or failed in some seeds here: no {what} to compare"}
     ours = seed_stats(ours_values)
     stats = {b: seed_stats(per_seed(values, setting, b, column)) for b in present}
     judged = [compare(ours, stats[b], b) for b in present]
@@ -126,6 +130,9 @@ def matches_reference(claim: dict, results: Mapping[str, pd.DataFrame], referenc
     values = 100 * per_seed(final, setting, claim["method"], "paper_acc")
     if not len(values):
         return [row | {"ours": "–", "verdict": "not run", "reason": "the grid does not run this setting"}]
+    if values.isna().any():
+        return [row | {"ours": "–", "verdict": "inconclusive",
+                       "reason": f"{int(values.isna().sum())} of {len(values)} seeds diverged or failed"}]
     rounds = int(per_seed(final, setting, claim["method"], "rounds").max())
     mean, std, _ = seed_stats(values)
     row["ours"] = fmt(mean, std)

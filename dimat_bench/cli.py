@@ -3,6 +3,7 @@
   data      cache a dataset (download when absent), validate it, write a manifest
   pretrain  pretrain N agents, each from its own init on its own shard
   run       run one benchmark cell (a method on a topology) from a pretraining output
+  plan      check a pipeline config file (YAML, schema, every cell and split) and say what it plans
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ INPUT_ERRORS = (ConfigError, DataError, CheckpointError, UnsupportedModel)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:
+        return plan(argv[1:])
     args = build_parser().parse_args(argv)
     config_class, entry_point, _ = _commands()[args.command]
     try:
@@ -91,4 +95,21 @@ def fail(args: argparse.Namespace, error: BaseException) -> int:
         print(f"error: could not record the failure: {why}", file=sys.stderr)
         return 2
     print(f"recorded the failure in {args.out}/meta.json", file=sys.stderr)
+    return 0
+
+
+def plan(argv: list[str]) -> int:
+    """`plan CONFIG`: check a pipeline config file as the Snakefile will and say what it plans."""
+    parser = argparse.ArgumentParser(prog="python -m dimat_bench plan",
+                                     description="Check a pipeline config file (YAML syntax with line numbers, "
+                                                 "the schema, every cell and split) before Snakemake reads it.")
+    parser.add_argument("configfile", help="the file you pass to snakemake --configfile")
+    args = parser.parse_args(argv)
+    from .grid import plan as plan_grid
+
+    try:
+        print(plan_grid(args.configfile))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0

@@ -136,12 +136,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError("config", str(path), "a valid YAML or JSON file", str(error)) from error
+        raise ConfigError("config", str(path), "a valid YAML or JSON file", yaml_error_text(error)) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("config", str(path), "a readable YAML or JSON text file", str(error)) from error
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError("config", str(path), "a mapping of config keys to values")
     return data
+
+
+def yaml_error_text(error) -> str:
+    """A YAML error in one line: where (line and column, 1-based) and what."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(getattr(error, "problem", None) or error).split())
+    return where + what
 
 
 def flag(name: str) -> str:

@@ -11,14 +11,19 @@ is built here too, from the methods' own schedules."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 from . import config as cfg
 from .communication import communication_table
+from .data import DATASETS
 from .methods import METHODS
 from .pretrain import PretrainConfig
 from .registry import ConfigError, did_you_mean
 from .run import RUN_KEYS, CellConfig, RunConfig
+from .splits import create_split
 from .topology import create_topology
 
 # What identifies a cell: the pretraining's settings, then the run's.
@@ -41,10 +46,14 @@ def expand_grid(config: Mapping[str, Any]) -> list[dict]:
                 if tuple(cell.values()) not in seen:
                     seen.add(tuple(cell.values()))
                     cells.append(cell)
-    for key, allowed in (config.get("only") or {}).items():
+    only = config.get("only") or {}
+    for key, allowed in only.items():
         if key not in CELL_KEYS:
             raise ConfigError("only", key, "cell keys: " + ", ".join(CELL_KEYS))
-        cells = [cell for cell in cells if cell[key] in allowed]
+        cells = [cell for cell in cells if cell[key] in as_list(allowed)]
+    if not cells:
+        raise ConfigError("only", dict(only), "a filter that keeps at least one of the grid's cells",
+                          "none of the grid rows' cells matches it")
     return cells
 
 
@@ -84,13 +93,36 @@ def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) ->
         if key not in known:
             raise ConfigError(f"run.{key}", value, "keys of `python -m dimat_bench run --help`",
                               did_you_mean(key, sorted(known)))
+    checked = set()
     for cell in cells:
-        pretrain_config(config, cell)
+        pretraining = pretrain_config(config, cell)
         cell_config(config, cell)
+        key = tuple(sorted(cfg.to_dict(pretraining).items()))
+        if key not in checked:
+            checked.add(key)
+            check_split(pretraining)
     run = cfg.from_dict(RunConfig, {k: v for k, v in config["run"].items() if k in RUN_KEYS} | {"pretrained": "-"})
     for n in config["communication"]["agents"]:
         for topology in config["communication"]["topologies"]:
             create_topology(topology, n, run.mixing)
+
+
+def check_split(pre: PretrainConfig) -> None:
+    """Raise ConfigError when the pretraining's split cannot serve its agents, found by splitting
+    class-balanced stand-in labels of the size the pretraining will see (`train_size`, or the full
+    dataset's size when it takes the whole file; a smaller cache file is checked when it is read)."""
+    info = DATASETS.get(pre.dataset)
+    size = pre.train_size or info.train_images
+    labels = np.arange(size) % info.num_classes
+    where = f"the {pre.split} split of {pre.dataset} ({size} images) among {pre.agents} agents"
+    try:
+        split = create_split(pre.split, labels, info.num_classes, pre.agents, seed=0, **pre.split_options())
+    except ConfigError as error:
+        raise ConfigError(error.field, error.value, error.allowed, f"grid: {where}") from None
+    small = [i for i, shard in enumerate(split.shards) if len(shard) < 2]
+    if small:
+        raise ConfigError("agents", pre.agents, f"a number of agents that {where} gives >= 2 images each",
+                          f"agent {small[0]} would get {len(split.shards[small[0]])}")
 
 
 def flags(options: Mapping[str, Any]) -> str:
@@ -126,3 +158,39 @@ def communication_rows(config: Mapping[str, Any], manifests: Iterable[Mapping[st
                                     batch_size=run.batch_size or pre.batch_size, epochs_per_round=run.epochs_per_round,
                                     mixing=run.mixing, options={m: c.options for m, c in configs.items()})
     return rows
+
+
+ROOT = Path(__file__).resolve().parent.parent  # a checkout: Snakefile, config/, workflow/
+
+
+def load_pipeline_config(path: str | Path, base: str | Path | None = ROOT / "config" / "config.yaml") -> dict:
+    """A pipeline config as Snakemake sees it: `base` (the Snakefile's `configfile:`) updated with
+    `path` (`--configfile`), validated against the workflow's schema with its defaults filled in.
+    ConfigError names the file and, for YAML errors, the line."""
+    from snakemake.utils import update_config, validate
+
+    config = cfg.read_config_file(base) if base is not None and Path(base).is_file() else {}
+    given = cfg.read_config_file(path)
+    update_config(config, given)
+    try:
+        validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    except Exception as error:  # snakemake's WorkflowError wraps jsonschema's message
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ConfigError("configfile", str(path), "a config that workflow/schemas/config.schema.yaml accepts",
+                          " ".join(lines[-3:])[:300]) from None
+    return config
+
+
+def plan(path: str | Path) -> str:
+    """Check a pipeline config as the Snakefile will (the schema, every cell, every split) and say
+    what it plans, in one line; ConfigError says what is wrong, naming the file."""
+    config = load_pipeline_config(path)
+    try:
+        cells = expand_grid(config)
+        check_grid(config, cells)
+    except ConfigError as error:
+        raise ConfigError(error.field, error.value, error.allowed, f"in {path}") from None
+    pretrainings = {tuple(sorted(cfg.to_dict(pretrain_config(config, c)).items())) for c in cells}
+    datasets = sorted({c["dataset"] for c in cells})
+    return (f"{path}: {len(cells)} cells from {len(pretrainings)} pretrainings on {', '.join(datasets)}; "
+            f"{len({c['method'] for c in cells})} methods, {len({c['seed'] for c in cells})} seeds")

@@ -11,13 +11,17 @@ import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
 from .permutation import FeatureExtractor, PermutationSpec
+from .registry import Diverged
 
 CORRELATION_EPS = 1e-7
 
 
 def assignment(score: torch.Tensor) -> torch.Tensor:
     """perm maximising Σ_k score[k, perm[k]] (a linear assignment)."""
-    rows, cols = linear_sum_assignment(score.detach().cpu().double().numpy(), maximize=True)
+    score = score.detach().cpu().double().numpy()
+    if not np.isfinite(score).all():
+        raise Diverged("matching scores are not finite: a model's activations overflowed")
+    rows, cols = linear_sum_assignment(score, maximize=True)
     perm = np.empty(len(rows), dtype=np.int64)
     perm[rows] = cols
     return torch.from_numpy(perm)

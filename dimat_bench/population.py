@@ -179,6 +179,8 @@ class Population:
                 logits = model(images)
                 losses[i, index] = F.cross_entropy(logits, labels, reduction="none")
                 correct[i, index] = logits.argmax(1) == labels
+        # A model with finite but huge weights overflows: a non-finite loss means it has diverged too.
+        diverged |= {i for i in range(self.n_agents) if i not in diverged and not bool(torch.isfinite(losses[i]).all())}
         results = []
         for i, mask in enumerate(self.own_test_masks):
             own = int(mask.sum())

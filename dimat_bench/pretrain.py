@@ -164,6 +164,9 @@ def train_epochs(population: Population, config: PretrainConfig,
             eval_seconds += seconds
             for e in evaluated:
                 e["seconds_eval"] = seconds
+            agents |= {i for i, e in enumerate(evaluated) if not np.isfinite(e["test_loss"])}
+        if agents:
+            diverged = {"epoch": epoch, "agents": sorted(agents)}
         for i in range(config.agents):
             t = trained[i]
             rows.append({"epoch": epoch, "agent": i, "lr": lr, "train_loss": t["train_loss"],

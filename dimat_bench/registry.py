@@ -19,6 +19,11 @@ class ConfigError(ValueError):
         super().__init__(message)
 
 
+class Diverged(ArithmeticError):
+    """Numbers computed from the agents are no longer finite (e.g. the activations of a model whose
+    weights grew until they overflow): the run records divergence instead of crashing."""
+
+
 def did_you_mean(value: str, choices) -> str:
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     return f"did you mean {close[0]!r}?" if close else ""

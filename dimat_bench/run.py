@@ -25,7 +25,7 @@ from .data import ArrayDataset, DataError, balanced_subset, device_datasets, loa
 from .devices import check_device, resolve_device
 from .methods import METHODS, Method, MethodContext, MethodOptions, create_method
 from .population import Population
-from .registry import ConfigError, did_you_mean
+from .registry import ConfigError, Diverged, did_you_mean
 from .results import StagedDirectory, provenance, read_failure, write_csv, write_json
 from .topology import GRAPHS, WEIGHTS, Topology, create_topology
 
@@ -274,34 +274,43 @@ def run_rounds(cell: Cell, progress: bool = True) -> list[dict]:
     stops at the first measurement where an agent has diverged (`cell.diverged` says where)."""
     method, population, epochs = cell.method, cell.population, cell.config.run.epochs_per_round
     rows = measure(cell, 0, "initial", progress)
-    if check_divergence(cell, 0, "initial", progress):
+    if check_divergence(cell, 0, "initial", progress, rows):
         return rows
     for r in range(1, cell.config.run.rounds + 1):
         if method.family == "merge":
             merged_before = method.communicate_seconds
-            method.communicate(r)
+            try:
+                method.communicate(r)
+            except Diverged as error:
+                check_divergence(cell, r, "merge", progress, error=error)
+                return rows
             rows += measure(cell, r, "after_merge", progress, communicate=method.communicate_seconds - merged_before)
-            if check_divergence(cell, r, "after_merge", progress):
+            if check_divergence(cell, r, "after_merge", progress, rows[-population.n_agents:]):
                 return rows
         tick, lr, communicated_before = time.perf_counter(), population.lr, method.communicate_seconds
         stats = method.train(epochs)
         communicated = method.communicate_seconds - communicated_before
         rows += measure(cell, r, "after_train", progress, stats, lr, communicate=communicated,
                         train=time.perf_counter() - tick - communicated)
-        if check_divergence(cell, r, "after_train", progress, stats):
+        if check_divergence(cell, r, "after_train", progress, rows[-population.n_agents:], stats):
             return rows
     return rows
 
 
-def check_divergence(cell: Cell, round_index: int, phase: str, progress: bool,
-                     stats: list[dict] | None = None) -> bool:
-    """Whether an agent's weights or training loss are no longer finite; if so, record where in
-    `cell.diverged`. The cell then stops: a merge or gossip step with a NaN model has no defined
-    result, and leaving the agent out would run a method the paper never ran (docs/engine.md#divergence)."""
+def check_divergence(cell: Cell, round_index: int, phase: str, progress: bool, rows: list[dict] = (),
+                     stats: list[dict] | None = None, error: Diverged | None = None) -> bool:
+    """Whether an agent has diverged: its weights, its training loss or its test loss (`rows`, the
+    measurement just taken) are no longer finite, or the merge found non-finite activations
+    (`error`). If so, record where in `cell.diverged`. The cell then stops: a merge or gossip step
+    with a NaN model has no defined result, and leaving the agent out would run a method the paper
+    never ran (docs/engine.md#divergence)."""
     agents = set(cell.population.nonfinite_agents())
     agents |= {i for i, s in enumerate(stats or []) if not np.isfinite(s["train_loss"])}
-    if not agents:
+    agents |= {r["agent"] for r in rows if not np.isfinite(r["test_loss"])}
+    if not agents and error is None:
         return False
+    if not agents:  # the merge overflowed: every agent's model went into it
+        agents = set(range(cell.population.n_agents))
     cell.diverged = {"round": round_index, "phase": phase, "agents": sorted(agents)}
     log(f"round {round_index:>3} {phase}: agent(s) {sorted(agents)} diverged (non-finite weights or loss); "
         "the cell stops here", progress)

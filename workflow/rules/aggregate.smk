@@ -1,9 +1,11 @@
 rule aggregate:
     """Every cell into tidy tables, the curves at both measurement points, and the main table (mean ±
-    std over seeds) at the paper's point and after training."""
+    std over seeds) at the paper's point and after training. Cells that diverged or failed are
+    listed (cells.csv) and marked in the tables, never averaged in."""
     input:
         cell_dirs(),
     output:
+        cells=f"{RESULTS}/tables/cells.csv",
         metrics=f"{RESULTS}/tables/metrics.csv",
         final=f"{RESULTS}/tables/final.csv",
         curves=f"{RESULTS}/tables/curves.csv",

@@ -17,4 +17,4 @@ rule cell:
     shell:
         "OMP_NUM_THREADS={threads} python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
         "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} "
-        "--out {output} --quiet > {log} 2>&1"
+        "--out {output} --quiet --record-failure > {log} 2>&1"

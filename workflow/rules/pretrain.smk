@@ -17,4 +17,4 @@ rule pretrain:
     shell:
         "OMP_NUM_THREADS={threads} python -m dimat_bench pretrain --dataset {wildcards.dataset} --model {wildcards.model} "
         "--width {wildcards.width} --agents {wildcards.agents} --split {wildcards.split} "
-        "--seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} --out {output} --quiet > {log} 2>&1"
+        "--seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} --out {output} --quiet --record-failure > {log} 2>&1"

@@ -16,7 +16,10 @@ metrics = collect_cells(snakemake.input.cells)
 accuracy_curves(metrics, out, load_claims()["references"])
 merge_penalty_figure(pd.read_csv(snakemake.input.final, comment="#"), out)
 for pretrained in snakemake.input.pretrained:
-    pre = json.loads((Path(pretrained) / "meta.json").read_text())["config"]
+    meta = json.loads((Path(pretrained) / "meta.json").read_text())
+    if meta.get("status") == "failed":  # a recorded failure: no split to draw (the tables list it)
+        continue
+    pre = meta["config"]
     name = "class_counts_{dataset}_{model}_{width}_{agents}_{split}_seed{seed}".format(**pre)
     title = "{dataset} {split}, {agents} agents, seed {seed}".format(**pre)
     class_counts(pd.read_csv(Path(pretrained) / "class_counts.csv", comment="#"), title, out / name)
