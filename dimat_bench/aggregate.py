@@ -203,6 +203,9 @@ def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
                                "seeds": initial.size(),
                                "note": [f"diverged {n}/{k}" if n else "" for n, k in zip(undefined, initial.size())]
                                }).reset_index()
+    unrun = sorted(set(final["setting"]) - set(pretrained["setting"]))  # every cell there failed
+    pretrained = pd.concat([pretrained, pd.DataFrame({"setting": unrun, "method": PRETRAINED, "mean": float("nan"),
+                                                      "std": float("nan"), "seeds": 0, "note": "no cell ran"})])
     pretrained.loc[pretrained["note"] != "", ["mean", "std"]] = float("nan")
     return pd.concat([table, pretrained[table.columns]], ignore_index=True).assign(point=point)
 

@@ -132,3 +132,75 @@ def test_the_r1_setting_draws_the_published_points_beside_our_curve():
             assert list(crosses.get_xdata()) == references["R3"]["rounds"]
             assert list(crosses.get_ydata()) == references["R3"]["values"]
         plt.close(fig)
+
+
+def diverge(directory, agent=1):
+    """Turn a copied cell into one whose `agent` diverged in its last measurement."""
+    import json
+
+    meta = json.loads((directory / "meta.json").read_text())
+    meta |= {"status": "diverged", "diverged": {"round": 1, "phase": "after_train", "agents": [agent]}}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    lines = (directory / "metrics.csv").read_text().splitlines()
+    frame = pd.read_csv(directory / "metrics.csv", comment="#")
+    last = frame.index[(frame["round"] == 1) & (frame["phase"] == "after_train") & (frame["agent"] == agent)]
+    frame.loc[last, ["test_acc", "test_loss", "own_acc", "own_loss"]] = np.nan
+    (directory / "metrics.csv").write_text(lines[0] + "\n" + frame.to_csv(index=False))
+
+
+def test_diverged_and_failed_cells_are_marked_never_averaged(cells, tmp_path):
+    import shutil
+
+    from dimat_bench.aggregate import cell_status
+    from dimat_bench.registry import ConfigError
+    from dimat_bench.results import write_failure
+
+    dirs = [tmp_path / d.name for d in cells]  # wa-0, local-0, wa-1, local-1
+    for source, target in zip(cells, dirs):
+        shutil.copytree(source, target)
+    diverge(dirs[2])
+    shutil.rmtree(dirs[3])
+    write_failure(dirs[3], ConfigError("test_size", 999, "at most 50"), {"method": "local"})
+    expected = [{"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 5, "split": "noniid",
+                 "topology": "ring", "method": m, "seed": s} for s in (0, 1) for m in ("wa", "local")]
+    status = cell_status(dirs, expected)
+    assert list(status["status"]) == ["complete", "complete", "diverged", "failed"]
+    assert "agents [1]" in status["detail"][2] and "test_size: got 999" in status["detail"][3]
+
+    metrics = collect_cells(dirs)
+    assert set(zip(metrics["method"], metrics["seed"])) == {("wa", 0), ("local", 0), ("wa", 1)}
+    means = agent_means(metrics)
+    last = means[(means["method"] == "wa") & (means["round"] == 1) & (means["phase"] == "after_train")]
+    assert last.set_index("seed")["test_acc"].isna().tolist() == [False, True]  # one NaN agent: the mean is NaN
+    final = final_accuracy(metrics, status).set_index(["method", "seed"])
+    assert np.isnan(final.loc[("wa", 1), "paper_acc"]) and np.isnan(final.loc[("wa", 1), "after_train_acc"])
+    assert np.isnan(final.loc[("local", 1), "paper_acc"]) and final.loc[("local", 1), "status"] == "failed"
+    assert not np.isnan(final.loc[("wa", 0), "paper_acc"])
+
+    table = main_table(final.reset_index()).set_index("method")
+    assert table.loc["wa", "note"] == "diverged 1/2" and np.isnan(table.loc["wa", "mean"])
+    assert table.loc["local", "note"] == "failed 1/2" and np.isnan(table.loc["local", "mean"])
+    assert table.loc[PRETRAINED, "note"] == "" and table.loc[PRETRAINED, "seeds"] == 2
+    markdown = to_markdown(table.reset_index(), "caption", status)
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert "| wa | diverged 1/2 |" in rows and "| local | failed 1/2 |" in rows
+    assert not any("**" in row for row in rows)  # nothing to call best
+    assert "Cells that did not complete (2 of 4)" in markdown and f"`{dirs[3]}`" in markdown
+
+    with pytest.raises(ValueError, match="not the grid's"):
+        cell_status(dirs, expected[::-1])
+
+
+def test_cells_that_ran_on_different_data_cannot_share_a_table(cells, tmp_path):
+    import json
+    import shutil
+
+    from dimat_bench.aggregate import cell_status
+
+    other = tmp_path / "other"
+    shutil.copytree(cells[1], other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["data"]["fingerprint"] = "sha256:" + "0" * 64
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"{other} and {cells[0]} ran on different cifar10 data"):
+        cell_status([cells[0], other])

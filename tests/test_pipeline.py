@@ -1,6 +1,7 @@
 """The Snakemake workflow: a tiny grid end to end, and the static checks that stand in for
 `--use-conda` (this machine has no conda)."""
 
+import base64
 import os
 import re
 import shutil
@@ -272,3 +273,38 @@ def test_the_report_registers_the_table_and_the_figures(tiny_run):
     html = (tiny_run / "report.html").read_text(errors="replace")
     assert "main.md" in html and "communication.md" in html and "claims.md" in html and "main_after_train.md" in html
     assert "accuracy_cifar10_resnet20_1_2_noniid_fc.png" in html and "communication_cifar10_resnet20_1.png" in html
+
+
+def test_diverged_and_failed_cells_are_listed_and_every_table_figure_and_the_report_still_build(tmp_path):
+    """CIFAR-10 cells diverge (SGD at lr 1e6); CIFAR-100 cells fail (a test subset larger than its
+    fixture's 100 test images, which the planner cannot know). The pipeline exits 0 and every
+    table, the claims, the figures and the report are built, marking each cell for what it is."""
+    config = yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())
+    row = {**config["grid"][0], "methods": ["wa", "sgp", "local"]}
+    config["grid"] = [row, {**row, "dataset": "cifar100"}]
+    config["run"] |= {"optimizer": "sgd", "lr": 1e6, "test_size": 150}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    args = ["--configfile", "config.yaml", "--config", f"data_dir={ROOT / 'tests' / 'data'}"]
+    result = snakemake("--cores", "2", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = pd.read_csv(tmp_path / "results" / "tables" / "cells.csv", comment="#")
+    assert dict(zip(status["dataset"], status["status"])) == {"cifar10": "diverged", "cifar100": "failed"}
+    assert status[status["dataset"] == "cifar100"]["detail"].str.contains("test_size: got 150").all()
+    main = pd.read_csv(tmp_path / "results" / "tables" / "main.csv", comment="#")
+    methods = main[main["method"] != "pretrained"]
+    assert methods["mean"].isna().all() and len(methods) == 6
+    assert set(methods["note"]) == {"diverged 1/1", "failed 1/1"}
+    markdown = (tmp_path / "results" / "tables" / "main.md").read_text()
+    assert markdown.count("| diverged 1/1 |") + markdown.count("| diverged 1/1 | failed 1/1 |") >= 3
+    assert "Cells that did not complete (6 of 6)" in markdown and markdown.count("- **failed** ") == 3
+    assert "\\textbf" not in (tmp_path / "results" / "tables" / "main.tex").read_text()  # no best among none
+    claims = pd.read_csv(tmp_path / "results" / "tables" / "claims.csv", comment="#")
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)}
+    assert any((tmp_path / "figures").glob("accuracy_cifar10_*.png"))
+    assert re.search(r"\| pretrained \| [0-9.]+ \| no cell ran \|", markdown), markdown
+    report = snakemake("--report", "report.html", *args, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    embedded = re.search(r'"results/tables/main.md": \{.*?base64,([A-Za-z0-9+/=]+)', html).group(1)
+    assert "Cells that did not complete (6 of 6)" in base64.b64decode(embedded).decode()
+    assert "cells.csv" in html

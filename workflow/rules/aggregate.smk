@@ -5,7 +5,7 @@ rule aggregate:
     input:
         cell_dirs(),
     output:
-        cells=f"{RESULTS}/tables/cells.csv",
+        cells=report(f"{RESULTS}/tables/cells.csv", caption="../report/cells_table.rst", category="Tables"),
         metrics=f"{RESULTS}/tables/metrics.csv",
         final=f"{RESULTS}/tables/final.csv",
         curves=f"{RESULTS}/tables/curves.csv",
