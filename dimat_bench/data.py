@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import config as cfg
 from .registry import ConfigError, Registry
-from .results import atomic_path, check_output_path, provenance, write_json
+from .results import OutputLock, atomic_path, check_output_path, provenance, write_json
 
 
 class DataError(RuntimeError):
@@ -301,8 +301,9 @@ def prepare_data(config: DataConfig, out: str | Path, force: bool = False, progr
                          "sha256": sha256(dataset.path), "train_images": len(dataset.y_train),
                          "test_images": len(dataset.y_test), "classes": len(dataset.classes),
                          "fingerprint": dataset.fingerprint}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, manifest)
+    with OutputLock(out):
+        check_output_path(out, force, what="manifest file")  # again, under the lock
+        write_json(out, manifest)
     if progress:
         print(f"{config.dataset}: {dataset.path} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
               f"images) -> {out}")
