@@ -53,10 +53,21 @@ def run_to_end(work: Path, data_dir: str, config: Path, log: Path) -> tuple[int,
     return code, time.perf_counter() - start
 
 
+def folders(config: Path) -> tuple[str, str]:
+    """The config's results and figures folders (config/config.yaml's where it leaves them out)."""
+    import yaml
+
+    merged = yaml.safe_load((ROOT / "config" / "config.yaml").read_text()) | yaml.safe_load(config.read_text())
+    return merged.get("results_dir", "results"), merged.get("figures_dir", "figures")
+
+
+RESULTS, FIGURES = "results", "figures"
+
+
 def tables(work: Path) -> dict:
     out = {}
     for name in TABLES:
-        path = work / "results" / "tables" / name
+        path = work / RESULTS / "tables" / name
         if name.endswith(".csv"):
             frame = pd.read_csv(path, comment="#")
             out[name] = frame.drop(columns=[c for c in frame.columns if c.startswith("seconds_")])
@@ -90,9 +101,9 @@ def running_jobs(log: Path) -> str:
 
 def reset(work: Path, rng: random.Random) -> int:
     """Delete the tables, figures and 1-3 random cells: the next run has real work to do."""
-    for path in (work / "results" / "tables", work / "figures"):
+    for path in (work / RESULTS / "tables", work / FIGURES):
         shutil.rmtree(path, ignore_errors=True)
-    cells = sorted(p.parent for p in (work / "results" / "cells").rglob("meta.json")
+    cells = sorted(p.parent for p in (work / RESULTS / "cells").rglob("meta.json")
                    if not any(part.startswith(".partial-") for part in p.parts))
     chosen = rng.sample(cells, k=min(len(cells), rng.randint(1, 3)))
     for cell in chosen:
@@ -107,19 +118,28 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/kill-rerun")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-reference", action="store_true",
+                        help="keep a finished reference run from an earlier call (its length read off its log)")
     args = parser.parse_args()
     work, config, rng = Path(args.work), Path(args.config).resolve(), random.Random(args.seed)
     data_dir = str(Path(args.data_dir).resolve())
     reference, killed = work / "reference", work / "killed"
-    shutil.rmtree(work, ignore_errors=True)
-    reference.mkdir(parents=True)
-    killed.mkdir()
+    global RESULTS, FIGURES
+    RESULTS, FIGURES = folders(config)
     started = time.perf_counter()
-
-    code, full = run_to_end(reference, data_dir, config, work / "reference.log")
-    if code:
-        print(f"the uninterrupted run failed (exit {code}); see {work / 'reference.log'}")
-        return 1
+    if args.reuse_reference and (reference / RESULTS / "tables" / "main.csv").is_file():
+        stamps = re.findall(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", (work / "reference.log").read_text(), re.M)
+        parse = lambda text: time.mktime(time.strptime(text, "%a %b %d %H:%M:%S %Y"))  # noqa: E731
+        full = parse(stamps[-1]) - parse(stamps[0])
+        shutil.rmtree(killed, ignore_errors=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        reference.mkdir(parents=True)
+        code, full = run_to_end(reference, data_dir, config, work / "reference.log")
+        if code:
+            print(f"the uninterrupted run failed (exit {code}); see {work / 'reference.log'}")
+            return 1
+    killed.mkdir()
     expected = tables(reference)
     print(f"reference: uninterrupted run in {full:.0f} s", flush=True)
     cell_seconds = full / 14  # about 28 jobs on 2 cores: a cell's share of the wall time
