@@ -154,10 +154,8 @@ def train_epochs(population: Population, config: PretrainConfig,
         train_seconds += trained[0]["seconds"]
         agents = set(population.nonfinite_agents()) | {i for i, t in enumerate(trained)
                                                         if not np.isfinite(t["train_loss"])}
-        if agents:
-            diverged = {"epoch": epoch, "agents": sorted(agents)}
         evaluated = [{}] * config.agents
-        if epoch == config.epochs or diverged or (config.eval_every and epoch % config.eval_every == 0):
+        if epoch == config.epochs or agents or (config.eval_every and epoch % config.eval_every == 0):
             tick = time.perf_counter()
             evaluated = population.evaluate()
             seconds = time.perf_counter() - tick

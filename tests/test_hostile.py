@@ -469,3 +469,18 @@ def test_record_failure_writes_a_failure_record_and_exits_0(pre, tmp_path, capsy
     assert meta["status"] == "failed" and "test_size: got 100000" in meta["error"]
     assert meta["config"]["test_size"] == 100000 and "code" in meta and "versions" in meta
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "meta.json"]
+
+
+def test_a_diverging_pretraining_stops_as_a_result(data_dir, tmp_path, capsys):
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--data-dir", str(data_dir), "--agents", "3", "--epochs", "5", "--train-size", "120",
+                 "--test-size", "60", "--optimizer", "sgd", "--lr", "1e6", "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "diverged" and meta["diverged"]["epoch"] < 5 and meta["diverged"]["agents"]
+    import pandas as pd
+
+    rows = pd.read_csv(out / "metrics.csv", comment="#")
+    assert rows["epoch"].max() == meta["diverged"]["epoch"]  # stopped there
+    last = rows[rows["epoch"] == rows["epoch"].max()].set_index("agent")
+    assert last.loc[meta["diverged"]["agents"], "test_acc"].isna().all()
+    assert "diverged in epoch" in capsys.readouterr().out
