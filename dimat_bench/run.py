@@ -42,7 +42,7 @@ class RunConfig:
     topology: str = cfg.option("ring", "communication graph", choices=GRAPHS.names)
     mixing: str = cfg.option("official", "mixing weights", choices=WEIGHTS.names)
     edges: str | None = cfg.option(None, "topology edges only: its undirected edges as i-j pairs, e.g. 0-1,1-2,2-0",
-                                   check=lambda text: parse_edges(text))
+                                   check=lambda text: parse_edges(text))  # defined below
     rounds: int = cfg.option(100, "rounds of communicate + train", min=1)
     epochs_per_round: int = cfg.option(2, "local epochs per round (E)", min=1)
     batch_size: int | None = cfg.option(None, "minibatch size (none = the pretraining's)", min=2)
@@ -297,15 +297,16 @@ def run_rounds(cell: Cell, progress: bool = True) -> list[dict]:
     return rows
 
 
-def check_divergence(cell: Cell, round_index: int, phase: str, progress: bool, rows: list[dict] = (),
+def check_divergence(cell: Cell, round_index: int, phase: str, progress: bool, rows: list[dict] | tuple = (),
                      stats: list[dict] | None = None, error: Diverged | None = None) -> bool:
     """Whether an agent has diverged: its weights, its training loss or its test loss (`rows`, the
     measurement just taken) are no longer finite, or the merge found non-finite activations
     (`error`). If so, record where in `cell.diverged`. The cell then stops: a merge or gossip step
     with a NaN model has no defined result, and leaving the agent out would run a method the paper
     never ran (docs/engine.md#divergence)."""
-    agents = set(cell.population.nonfinite_agents())
-    agents |= {i for i, s in enumerate(stats or []) if not np.isfinite(s["train_loss"])}
+    # The measurement already marks an agent with non-finite weights or test loss (NaN test_loss):
+    # no second pass over the weights here.
+    agents = {i for i, s in enumerate(stats or []) if not np.isfinite(s["train_loss"])}
     agents |= {r["agent"] for r in rows if not np.isfinite(r["test_loss"])}
     if not agents and error is None:
         return False
