@@ -1,12 +1,14 @@
-"""Choosing a device: the `device` config key (`auto`, `cpu`, `cuda`, `cuda:<index>`), and batch sizes
-that depend on it.
+"""Choosing a device: the `device` config key (`auto`, `cpu`, `cuda`, `cuda:<index>`), the `precision`
+key (`auto`, `fp32`, `bf16`), and batch sizes that depend on them.
 
-Parallel jobs on one multi-GPU host (Snakemake starts them without telling
-them apart) must not share a GPU: `device: auto` takes the first GPU whose lock file no other
-process holds, and keeps the lock until the process exits."""
+Parallel jobs on one host (Snakemake starts them without telling them apart) share its GPUs by
+slots: each GPU has `DIMAT_BENCH_GPU_SLOTS` of them (default 1, i.e. one job per GPU), and
+`device: auto` takes the first free slot, spreading jobs over the GPUs before doubling up, and keeps
+its lock until the process exits (docs/engine.md#speed)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import tempfile
@@ -23,30 +25,43 @@ def lock_dir() -> Path:
     return Path(os.environ.get("DIMAT_BENCH_LOCK_DIR", tempfile.gettempdir()))
 
 
-def acquire_slot(count: int, directory: Path | None = None) -> int | None:
-    """Index of the first of `count` slots no other process holds (now held by this one), or None."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def gpu_slots() -> int:
+    """Engine jobs that may share one GPU (`DIMAT_BENCH_GPU_SLOTS`, set by the pipeline's `gpu_slots`)."""
+    value = os.environ.get("DIMAT_BENCH_GPU_SLOTS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError("DIMAT_BENCH_GPU_SLOTS", value, "a whole number >= 1 (engine jobs per GPU)")
+    return int(value)
+
+
+def acquire_slot(count: int, directory: Path | None = None, slots: int = 1) -> int | None:
+    """The GPU (of `count`) of the first of `slots` × `count` slots no other process holds (now held
+    by this one), or None. Slot 0 of every GPU comes before slot 1 of any, so jobs spread out."""
     directory = directory or lock_dir()
-    for index in range(count):
-        handle = open(directory / f"dimat-bench-gpu{index}.lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        _held.append(handle)
-        return index
+    for slot in range(slots):
+        for index in range(count):
+            name = f"dimat-bench-gpu{index}.lock" if slot == 0 else f"dimat-bench-gpu{index}-slot{slot}.lock"
+            handle = open(directory / name, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            _held.append(handle)
+            return index
     return None
 
 
 def auto_device() -> torch.device:
-    """CPU without CUDA; the only GPU; or, with several, the first GPU no other dimat-bench process
-    on this host holds (all busy: share cuda:0 rather than fail)."""
+    """CPU without CUDA; else the GPU of the first free slot (all busy: share cuda:0 rather than fail)."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if count == 1:
+    count, slots = torch.cuda.device_count(), gpu_slots()
+    if count == 1 and slots == 1:
         return torch.device("cuda:0")
-    index = acquire_slot(count)
+    index = acquire_slot(count, slots=slots)
     return torch.device(f"cuda:{index if index is not None else 0}")
 
 
@@ -77,3 +92,29 @@ def inference_batch_size(device: torch.device) -> int:
     """Images per forward pass when nothing is trained (evaluation, matching, BatchNorm resets): small
     batches keep a CPU's caches warm; a GPU wants large ones."""
     return 1000 if torch.device(device).type == "cuda" else 100
+
+
+def resolve_precision(value: str, device: torch.device) -> str:
+    """`auto` is bf16 on a GPU and fp32 on a CPU (where bf16 autocast is slower than fp32)."""
+    cuda = torch.device(device).type == "cuda"
+    if value == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision", value, "fp32 or auto on this GPU (it has no bf16)")
+    if value == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return value
+
+
+def autocast(device: torch.device, precision: str):
+    """The context forwards run in: bf16 autocast (weights, optimizer state, losses, BatchNorm and
+    correlation statistics stay fp32), or nothing for fp32. On a GPU, fp32 convolutions and matmuls
+    may use TF32 (`allow_tf32`); the correlation statistics turn it off for themselves."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def allow_tf32(device: torch.device) -> None:
+    """Let fp32 convolutions and matmuls on a GPU use TF32 tensor cores."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

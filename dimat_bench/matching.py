@@ -3,7 +3,10 @@ aligned models, and recomputing BatchNorm statistics afterwards (docs/benchmark.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import contextlib
+from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,65 +30,145 @@ def assignment(score: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(perm)
 
 
+def feature_samples(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) -> (B·spatial, C) in float32 (or wider)."""
+    samples = features.movedim(1, -1).reshape(-1, features.shape[1])
+    return samples if samples.dtype in (torch.float32, torch.float64) else samples.float()
+
+
+@dataclass
+class CentredBatch:
+    """One batch of one feature map: its samples centred on their own means, in float32."""
+
+    samples: torch.Tensor  # (m, C), centred
+    mean: torch.Tensor  # (C,)
+    m2: torch.Tensor  # (C,) float64: Σ (x - mean)²
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> CentredBatch:
+        samples = feature_samples(features)
+        mean = samples.mean(0)
+        samples = samples - mean
+        return cls(samples, mean, (samples * samples).sum(0).double())
+
+
+class ChannelMoments:
+    """Running count, per-channel mean and centred sum of squares (float64) of one feature map,
+    merged batch by batch with Chan et al.'s pairwise update."""
+
+    def __init__(self, channels: int, device):
+        self.n = 0
+        self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(channels, dtype=torch.float64, device=device)
+
+    def delta(self, batch: CentredBatch) -> torch.Tensor:
+        return batch.mean.double() - self.mean
+
+    def add(self, batch: CentredBatch, delta: torch.Tensor) -> None:
+        m = len(batch.samples)
+        n = self.n + m
+        self.m2 += batch.m2 + delta**2 * (self.n * m / n)
+        self.mean += delta * (m / n)
+        self.n = n
+
+
+def add_cross(cross: torch.Tensor, a: CentredBatch, b: CentredBatch, delta_a: torch.Tensor,
+              delta_b: torch.Tensor, n_before: int) -> None:
+    """cross += this batch's Σ (a - mean_a)(b - mean_b)ᵀ, merged into the running sum (Chan)."""
+    m = len(a.samples)
+    cross += (a.samples.T @ b.samples).double() + torch.outer(delta_a, delta_b) * (n_before * m / (n_before + m))
+
+
+def pearson(cross: torch.Tensor, a: ChannelMoments, b: ChannelMoments) -> torch.Tensor:
+    return cross / torch.outer(a.m2.sqrt(), b.m2.sqrt()).clamp_min(CORRELATION_EPS * a.n)
+
+
 class CorrelationStats:
     """Running statistics for the Pearson correlation between the channels of two feature maps, where
     every spatial position of every image is one sample. Only the anchor × other block is kept.
 
     Each batch is centred on its own means and reduced in float32 (fast: the first stage of a CIFAR
     ResNet has 100k samples per batch), then merged into float64 running sums with Chan et al.'s
-    pairwise update, so no large raw sums are ever subtracted from each other."""
+    pairwise update, so no large raw sums are ever subtracted from each other. (`edge_permutations`
+    uses the same pieces, centring each model's batch once for all of its edges.)"""
 
     def __init__(self, channels: int, device):
-        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-        self.n = 0
-        self.mean_a, self.mean_b, self.m2_a, self.m2_b = z(channels), z(channels), z(channels), z(channels)
-        self.cross = z(channels, channels)  # Σ (a - mean_a)(b - mean_b)ᵀ
+        self.a, self.b = ChannelMoments(channels, device), ChannelMoments(channels, device)
+        self.cross = torch.zeros(channels, channels, dtype=torch.float64, device=device)
 
-    @staticmethod
-    def samples(features: torch.Tensor) -> torch.Tensor:
-        """(B, C, *spatial) -> (B·spatial, C) in float32 (or wider)."""
-        samples = features.movedim(1, -1).reshape(-1, features.shape[1])
-        return samples if samples.dtype in (torch.float32, torch.float64) else samples.float()
+    @property
+    def n(self) -> int:
+        return self.a.n
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = self.samples(a), self.samples(b)
-        m = len(a)
-        mean_a, mean_b = a.mean(0), b.mean(0)
-        a, b = a - mean_a, b - mean_b
-        cross, m2_a, m2_b = (a.T @ b).double(), (a * a).sum(0).double(), (b * b).sum(0).double()
-        n = self.n + m
-        delta_a, delta_b = mean_a.double() - self.mean_a, mean_b.double() - self.mean_b
-        weight = self.n * m / n
-        self.cross += cross + torch.outer(delta_a, delta_b) * weight
-        self.m2_a += m2_a + delta_a**2 * weight
-        self.m2_b += m2_b + delta_b**2 * weight
-        self.mean_a += delta_a * (m / n)
-        self.mean_b += delta_b * (m / n)
-        self.n = n
+        a, b = CentredBatch.of(a), CentredBatch.of(b)
+        delta_a, delta_b = self.a.delta(a), self.b.delta(b)
+        add_cross(self.cross, a, b, delta_a, delta_b, self.a.n)
+        self.a.add(a, delta_a)
+        self.b.add(b, delta_b)
 
     def correlation(self) -> torch.Tensor:
-        return self.cross / torch.outer(self.m2_a.sqrt(), self.m2_b.sqrt()).clamp_min(CORRELATION_EPS * self.n)
+        return pearson(self.cross, self.a, self.b)
+
+
+@contextlib.contextmanager
+def exact_statistics(device: torch.device) -> Iterator[None]:
+    """Correlation statistics in true fp32: no autocast, and no TF32 for their matmuls on a GPU."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @torch.inference_mode()
-def activation_permutations(anchor: FeatureExtractor, others: Sequence[FeatureExtractor],
-                            batches: Iterable[torch.Tensor], spec: PermutationSpec) -> list[list[torch.Tensor]]:
-    """For each model in `others`, one permutation per group aligning its channels to `anchor`'s:
-    the linear assignment maximising the total Pearson correlation of features on `batches`.
-    The anchor's features are computed once per batch and shared by all others."""
-    stats = None
+def edge_permutations(extractors: Sequence[FeatureExtractor], edges: Sequence[tuple[int, int]],
+                      batches: Iterable[torch.Tensor], spec: PermutationSpec,
+                      forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
+                      ) -> dict[tuple[int, int], list[torch.Tensor]]:
+    """For each edge (i, j), one permutation per group aligning model j's channels to model i's: the
+    linear assignment maximising the total Pearson correlation of their features on `batches`.
+    Every model on an edge runs once per batch and its features serve all of its edges, so a round
+    of N agents matching on the same images costs N forward passes, not N·(degree + 1). Forward
+    passes run in `forward_context` (e.g. bf16 autocast); the statistics in fp32/fp64."""
+    models = sorted({k for edge in edges for k in edge})
+    if not edges:
+        return {}
+    moments, cross = None, None
     for images in batches:
-        _, anchor_features = anchor(images)
-        if stats is None:
-            device = anchor_features[0].device
-            stats = [[CorrelationStats(g.size, device) for g in spec.groups] for _ in others]
-        for other, other_stats in zip(others, stats):
-            _, features = other(images)
-            for s, a, b in zip(other_stats, anchor_features, features):
-                s.update(a, b)
-    if stats is None:
+        with forward_context():
+            features = {k: extractors[k](images)[1] for k in models}
+        with exact_statistics(images.device):
+            if moments is None:
+                moments = {k: [ChannelMoments(g.size, images.device) for g in spec.groups] for k in models}
+                cross = {edge: [torch.zeros(g.size, g.size, dtype=torch.float64, device=images.device)
+                                for g in spec.groups] for edge in edges}
+            centred = {k: [CentredBatch.of(f) for f in features[k]] for k in models}
+            deltas = {k: [m.delta(c) for m, c in zip(moments[k], centred[k])] for k in models}
+            n_before = moments[models[0]][0].n
+            for (i, j), edge_cross in cross.items():
+                for g, c in enumerate(edge_cross):
+                    add_cross(c, centred[i][g], centred[j][g], deltas[i][g], deltas[j][g], n_before)
+            for k in models:
+                for m, c, d in zip(moments[k], centred[k], deltas[k]):
+                    m.add(c, d)
+    if moments is None:
         raise ValueError("activation matching needs at least one batch of data")
-    return [[assignment(s.correlation()) for s in other_stats] for other_stats in stats]
+    return {(i, j): [assignment(pearson(c, moments[i][g], moments[j][g])) for g, c in enumerate(edge_cross)]
+            for (i, j), edge_cross in cross.items()}
+
+
+def activation_permutations(anchor: FeatureExtractor, others: Sequence[FeatureExtractor],
+                            batches: Iterable[torch.Tensor], spec: PermutationSpec,
+                            forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
+                            ) -> list[list[torch.Tensor]]:
+    """For each model in `others`, its permutations aligning it to `anchor` (`edge_permutations` with
+    the anchor's features computed once per batch and shared by all others)."""
+    perms = edge_permutations([anchor, *others], [(0, k) for k in range(1, len(others) + 1)], batches, spec,
+                              forward_context)
+    return [perms[(0, k)] for k in range(1, len(others) + 1)]
 
 
 def weight_permutations(anchor: dict[str, torch.Tensor], other: dict[str, torch.Tensor], spec: PermutationSpec,
@@ -140,10 +223,12 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def reset_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], keep_cumulative: bool = False) -> None:
+def reset_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], keep_cumulative: bool = False,
+                    forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
     """Recompute every BatchNorm's running mean/var as the exact average over `batches` (train-mode
-    forward passes, momentum None). With `keep_cumulative` the layers keep momentum None afterwards,
-    as the authors' code does; otherwise their momentum is restored."""
+    forward passes in `forward_context`, momentum None; the statistics are kept in fp32 under bf16
+    autocast too). With `keep_cumulative` the layers keep momentum None afterwards, as the authors'
+    code does; otherwise their momentum is restored."""
     layers = batchnorm_layers(model)
     if not layers:
         return
@@ -154,7 +239,8 @@ def reset_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], keep_cumu
     was_training = model.training
     model.train()
     for images in batches:
-        model(images)
+        with forward_context():
+            model(images)
     model.train(was_training)
     if not keep_cumulative:
         for m, momentum in zip(layers, momenta):

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DeviceData
-from .devices import inference_batch_size
+from .devices import autocast, inference_batch_size
 from .registry import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -64,7 +64,7 @@ class Population:
 
     def __init__(self, models: Sequence[nn.Module], shards: Sequence[np.ndarray], train: DeviceData,
                  test: DeviceData, own_classes: Sequence[np.ndarray], optimizer: OptimizerSpec,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, precision: str = "fp32"):
         if len(models) != len(shards) or len(models) != len(own_classes):
             raise ValueError(f"{len(models)} models, {len(shards)} shards, {len(own_classes)} class sets")
         for i, shard in enumerate(shards):
@@ -80,12 +80,17 @@ class Population:
         self.generators = [torch.Generator(self.device).manual_seed(derive_seed(seed, "data", i))
                            for i in range(len(models))]
         self.optimizer_spec = optimizer
+        self.precision = precision
         self.batch_size = batch_size
         self.epochs_done = 0
         self.optimizers = [optimizer.build(m.parameters(), optimizer.lr) for m in self.models]
         self._loss_sum = torch.zeros(self.n_agents, device=self.device)
         self._correct = torch.zeros(self.n_agents, dtype=torch.long, device=self.device)
         self._seen = [0] * self.n_agents
+
+    def autocast(self):
+        """The context every forward pass runs in (bf16 autocast when `precision` is bf16)."""
+        return autocast(self.device, self.precision)
 
     @property
     def n_agents(self) -> int:
@@ -130,8 +135,9 @@ class Population:
             for i in active:
                 lo, hi = bounds[i][step]
                 images, labels = self.train.batch(orders[i][lo:hi], self.generators[i])
-                logits = self.models[i](images)
-                loss = F.cross_entropy(logits, labels)
+                with self.autocast():
+                    logits = self.models[i](images)
+                    loss = F.cross_entropy(logits, labels)
                 self.models[i].zero_grad(set_to_none=True)
                 loss.backward()
                 if update is None:
@@ -176,8 +182,9 @@ class Population:
             for i, model in enumerate(self.models):
                 if i in diverged:
                     continue
-                logits = model(images)
-                losses[i, index] = F.cross_entropy(logits, labels, reduction="none")
+                with self.autocast():
+                    logits = model(images)
+                losses[i, index] = F.cross_entropy(logits.float(), labels, reduction="none")
                 correct[i, index] = logits.argmax(1) == labels
         # A model with finite but huge weights overflows: a non-finite loss means it has diverged too.
         diverged |= {i for i in range(self.n_agents) if i not in diverged and not bool(torch.isfinite(losses[i]).all())}

@@ -18,7 +18,7 @@ import torch
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, save_agents
 from .data import DataConfig, balanced_subset, device_datasets, load_dataset
-from .devices import check_device, resolve_device
+from .devices import PRECISIONS, allow_tf32, check_device, resolve_device, resolve_precision
 from .models import check_model_name, create_model
 from .population import OPTIMIZERS, OptimizerSpec, Population, derive_seed
 from .registry import ConfigError
@@ -50,6 +50,8 @@ class PretrainConfig(DataConfig):
     eval_every: int = cfg.option(0, "evaluate every k epochs (0 = only after the last epoch)", min=0)
     seed: int = cfg.option(0, "seed of the split, every init, data order and augmentation", min=0)
     device: str = cfg.option("auto", "auto, cpu, cuda or cuda:<index>", check=check_device)
+    precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU, "
+                                "fp32 on a CPU)", choices=lambda: list(PRECISIONS))
 
     def validate(self) -> None:
         if self.train_size is not None and self.train_size < self.agents * 2:
@@ -95,6 +97,8 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
     """Run pretraining; returns the output directory. All input checks happen before any training."""
     with StagedDirectory(out, force=force) as workdir:
         device = resolve_device(config.device)
+        precision = resolve_precision(config.precision, device)
+        allow_tf32(device)
         dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
         info = dataset.info
         train_index = (np.arange(len(dataset.y_train)) if config.train_size is None
@@ -103,7 +107,7 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
                       else balanced_subset(dataset.y_test, config.test_size, info.num_classes, "test_size"))
         split = create_split(config.split, dataset.y_train[train_index], info.num_classes, config.agents,
                              seed=derive_seed(config.seed, "split"), **config.split_options())
-        meta = provenance(cfg.to_dict(config), device)
+        meta = provenance(cfg.to_dict(config), device, precision=precision)
         meta["data"] = {"cache": str(dataset.path), "fingerprint": dataset.fingerprint,
                         "train_images": len(train_index),
                         "test_images": len(dataset.y_test) if test_index is None else len(test_index)}
@@ -113,7 +117,7 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
                                       config.legacy_normalization, config.augment)
         population = Population(initial_models(config, info.num_classes), split.shards, train, test,
                                 [split.own_classes(i) for i in range(config.agents)],
-                                config.optimizer_spec(), config.batch_size, config.seed)
+                                config.optimizer_spec(), config.batch_size, config.seed, precision)
         rows, train_seconds, eval_seconds, diverged = train_epochs(population, config, progress)
 
         meta["status"], meta["diverged"] = ("diverged" if diverged else "complete"), diverged

@@ -22,7 +22,7 @@ import numpy as np
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, CheckpointError, load_agents, save_agents
 from .data import ArrayDataset, DataError, balanced_subset, device_datasets, load_dataset
-from .devices import check_device, resolve_device
+from .devices import PRECISIONS, allow_tf32, check_device, resolve_device, resolve_precision
 from .methods import METHODS, Method, MethodContext, MethodOptions, create_method
 from .population import Population
 from .registry import ConfigError, Diverged, did_you_mean
@@ -48,6 +48,8 @@ class RunConfig:
     batch_size: int | None = cfg.option(None, "minibatch size (none = the pretraining's)", min=2)
     seed: int = cfg.option(0, "seed of data order, augmentation and matching samples", min=0)
     device: str = cfg.option("auto", "auto, cpu, cuda or cuda:<index>", check=check_device)
+    precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU, "
+                                "fp32 on a CPU)", choices=lambda: list(PRECISIONS))
 
     def validate(self) -> None:
         if self.pretrained is None:
@@ -218,6 +220,8 @@ def build_cell(config: CellConfig) -> Cell:
     ckpt = load_pretrained(run.pretrained)
     pre = ckpt.meta["config"]
     device = resolve_device(run.device)
+    precision = resolve_precision(run.precision, device)
+    allow_tf32(device)
     topology = create_topology(run.topology, len(ckpt.states), run.mixing, **run.topology_options())
     dataset = load_dataset(pre["dataset"], run.data_dir or pre["data_dir"], download=pre.get("download", True))
     check_data(ckpt, dataset, run.pretrained)
@@ -229,10 +233,10 @@ def build_cell(config: CellConfig) -> Cell:
                                   pre.get("legacy_normalization", False), pre.get("augment", True))
     population = Population(ckpt.build_models(), ckpt.shards, train, test,
                             [np.flatnonzero(c) for c in ckpt.class_counts], config.options.optimizer_spec(),
-                            config.run.batch_size, run.seed)
+                            config.run.batch_size, run.seed, precision)
     # The method is built before the output directory: a model it cannot handle fails here, untrained.
     method = create_method(run.method, MethodContext(population, topology, config.options, run.seed))
-    meta = provenance(config.to_dict(), device)
+    meta = provenance(config.to_dict(), device, precision=precision)
     meta["method"] = {"name": run.method, "family": method.family, "variant_of": method.variant_of,
                       "fixed": method.fixed, "options": type(config.options).__name__}
     meta["pretrained"] = {"path": str(run.pretrained), "config": pre, "code": ckpt.meta.get("code")}

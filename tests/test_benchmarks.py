@@ -13,3 +13,14 @@ def test_population_overhead_benchmark_runs_and_prints_the_ratio(data_dir):
     assert result.returncode == 0, result.stderr
     assert "ratio population / plain:" in result.stdout
     assert "population, 2 agents x 100 images" in result.stdout
+
+
+def test_merge_cost_benchmark_counts_the_passes_of_both_paths_and_finds_them_identical(data_dir):
+    """Timing is by hand; the pass counts and the identity are exact: a 4-ring, 20 of 100 images."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_cost.py"), "--data-dir", str(data_dir),
+                             "--agents", "4", "--match-samples", "20", "--train-images", "100", "--repeats", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "per-agent path:   16.0 forward passes/round" in result.stdout  # 4 x (1 + 2) + 4 resets
+    assert "shared pass:       8.0 forward passes/round" in result.stdout  # 4 + 4 resets
+    assert "identical merges: yes" in result.stdout

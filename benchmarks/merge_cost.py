@@ -1,0 +1,100 @@
+"""What does one DIMAT merge round cost, agent by agent or with one shared matching pass?
+
+With `match_data: global` every agent matches on the same images. The per-agent path runs each
+agent with its neighbours over them (N·(degree + 1) forward passes per round on a ring: 15 for 5
+agents); the shared pass runs every model once per batch and updates every edge's correlation
+statistics from those features (N passes: 5). The BatchNorm reset after the merge adds N passes to
+both. This script runs both paths from the same agents on the same round, alternating, in one
+process; it counts the forward passes (images through each model's stem, divided by the sample),
+checks the two merges are identical, and prints the median seconds per round and their ratio
+(issue 12's target on a 2-core CPU: 20 -> 10 passes, >= 1.8x).
+
+    python benchmarks/merge_cost.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dimat_bench.data import balanced_subset, device_datasets, load_dataset
+from dimat_bench.methods import METHODS, MethodContext, create_method
+from dimat_bench.models import create_model
+from dimat_bench.population import OptimizerSpec, Population, derive_seed
+from dimat_bench.splits import create_split
+from dimat_bench.topology import create_topology
+
+
+def population_of(args, device: str) -> Population:
+    dataset = load_dataset("cifar10", args.data_dir)
+    subset = balanced_subset(dataset.y_train, args.train_images, 10, "train_images")
+    train, test = device_datasets(dataset, device, subset, np.arange(10))
+    split = create_split("iid", dataset.y_train[subset], 10, args.agents, seed=0)
+    models = []
+    for i in range(args.agents):
+        torch.manual_seed(derive_seed(0, "init", i))
+        models.append(create_model("resnet20", 10, width=args.width))
+    return Population(models, split.shards, train, test, [np.arange(10)] * args.agents, OptimizerSpec(), 100,
+                      seed=0, precision=args.precision)
+
+
+def main() -> None:
+    default_dir = "../shared/data" if Path("../shared/data/cifar10.npz").exists() else "resources/data"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=default_dir)
+    parser.add_argument("--agents", type=int, default=5)
+    parser.add_argument("--topology", default="ring")
+    parser.add_argument("--width", type=int, default=1)
+    parser.add_argument("--match-samples", type=int, default=2000, help="images every agent matches on (2000)")
+    parser.add_argument("--train-images", type=int, default=5000, help="the training set they are drawn from")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each path (after one warm-up)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    population = population_of(args, args.device)
+    topology = create_topology(args.topology, args.agents)
+    options = METHODS.get("dimat").build_options({"match_data": "global", "match_samples": args.match_samples,
+                                                 "match_augment": True, "bn_reset": True})
+    method = create_method("dimat", MethodContext(population, topology, options, seed=0))
+    start_states = population.state_dicts()
+    seen = [0]
+    for model in population.models:
+        model.conv1.register_forward_hook(lambda module, inputs, output: seen.__setitem__(0, seen[0] + len(inputs[0])))
+    sync = torch.cuda.synchronize if population.device.type == "cuda" else (lambda: None)
+
+    def merge_round(shared: bool) -> tuple[float, float, list[dict]]:
+        """(seconds, forward passes, merged states) of round 1 from the starting agents."""
+        population.load_state_dicts(start_states)
+        method.shared_pass, seen[0] = shared, 0
+        sync()
+        tick = time.perf_counter()
+        method.communicate(1)
+        sync()
+        return time.perf_counter() - tick, seen[0] / args.match_samples, population.state_dicts()
+
+    merge_round(True), merge_round(False)  # warm-up: allocator, oneDNN/cuDNN kernel choice
+    times: dict[bool, list[float]] = {True: [], False: []}
+    passes, states = {}, {}
+    for _ in range(args.repeats):
+        for shared in (False, True):
+            seconds, passes[shared], states[shared] = merge_round(shared)
+            times[shared].append(seconds)
+    identical = all(torch.equal(a[k], b[k]) for a, b in zip(states[False], states[True]) for k in a)
+    old, new = statistics.median(times[False]), statistics.median(times[True])
+    print(f"device {population.device}, {torch.get_num_threads()} threads, {args.precision}; ResNet-20 w{args.width}, "
+          f"{args.agents} agents, {args.topology}, global matching on {args.match_samples} augmented images, "
+          f"BN reset; {args.repeats} timed rounds each (median)")
+    print(f"per-agent path:  {passes[False]:5.1f} forward passes/round  {old:7.2f} s/round")
+    print(f"shared pass:     {passes[True]:5.1f} forward passes/round  {new:7.2f} s/round")
+    print(f"identical merges: {'yes' if identical else 'NO'}")
+    print(f"speed-up shared / per-agent: {old / new:.2f}x  (target >= 1.8x at 20 -> 10 passes)")
+
+
+if __name__ == "__main__":
+    main()
