@@ -4,6 +4,7 @@
   pretrain  pretrain N agents, each from its own init on its own shard
   run       run one benchmark cell (a method on a topology) from a pretraining output
   plan      check a pipeline config file (YAML, schema, every cell and split) and say what it plans
+  estimate  what a pipeline config will cost: images per phase, FLOPs, wall time here, GPU-hours
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["plan"]:
         return plan(argv[1:])
+    if argv[:1] == ["estimate"]:
+        return estimate(argv[1:])
     args = build_parser().parse_args(argv)
     config_class, entry_point, _ = _commands()[args.command]
     try:
@@ -112,4 +115,45 @@ def plan(argv: list[str]) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def estimate(argv: list[str]) -> int:
+    """`estimate CONFIG`: count, calibrate and print what the grid will cost."""
+    import os
+
+    from . import estimate as cost
+
+    parser = argparse.ArgumentParser(prog="python -m dimat_bench estimate", description=cost.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configfile", help="the file you pass to snakemake --configfile")
+    parser.add_argument("--gpu", default="h100", choices=sorted(cost.GPUS), help="GPU for the GPU-hours (h100)")
+    parser.add_argument("--utilisation", type=float, default=0.3,
+                        help="fraction of the GPU's dense bf16 peak the jobs reach (0.3)")
+    parser.add_argument("--device", default="cpu", help="where to calibrate: cpu, cuda or cuda:<index> (cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="threads an engine job gets (the pipeline's: 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="engine jobs at once, for the wall time (default: cores / threads)")
+    parser.add_argument("--no-calibrate", action="store_true", help="count images and FLOPs only")
+    parser.add_argument("--csv", metavar="FILE", help="also write one row per group of equal jobs here")
+    args = parser.parse_args(argv)
+    from .devices import check_device
+    from .grid import load_pipeline_config
+
+    try:
+        if not 0 < args.utilisation <= 1:
+            raise ConfigError("--utilisation", args.utilisation, "a fraction in (0, 1]")
+        if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
+            raise ConfigError("--threads/--jobs", (args.threads, args.jobs), "whole numbers >= 1")
+        check_device(args.device)
+        config = load_pipeline_config(args.configfile)
+        result = cost.estimate(config, args.device, args.threads, not args.no_calibrate,
+                               progress=lambda message: print(message, file=sys.stderr, flush=True))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
+    print(f"{args.configfile}: " + cost.render(result, args.gpu, args.utilisation, jobs))
+    if args.csv:
+        cost.write_rows(args.csv, result, config)
     return 0

@@ -47,6 +47,7 @@ class DatasetInfo:
     download: Callable[[Path], dict[str, np.ndarray]]
     train_images: int  # size of the full training set (what a download holds)
     file_aliases: tuple[str, ...] = ()  # other accepted cache file names in the data directory
+    test_images: int = 10_000  # size of the full test set (Tiny ImageNet: its validation set)
 
     def stats(self, legacy: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) used to normalise images scaled to [0, 1]."""

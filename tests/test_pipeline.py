@@ -175,6 +175,18 @@ def test_a_second_run_has_nothing_to_do(tiny_run):
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_the_estimate_target_writes_the_grids_cost_with_its_provenance(tiny_run):
+    """`snakemake estimate`: not part of `all`; the same numbers as the command, with a meta line."""
+    result = snakemake("estimate", "--cores", "1", "--configfile", "config.yaml", "--config",
+                       f"data_dir={ROOT / 'tests' / 'data'}", cwd=tiny_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tiny_run / "results" / "estimate.md").read_text()
+    assert text.startswith("<!-- dimat-bench meta:") and '"calibrated_on": "cpu"' in text
+    assert f"{TINY_CELLS + 1} engine jobs (1 pretrainings)" in text and "engine time here (cpu" in text
+    rows = pd.read_csv(tiny_run / "results" / "estimate.csv", comment="#")
+    assert rows["count"].sum() == TINY_CELLS + 1 and (rows["seconds"] > 0).all()
+
+
 def test_moving_the_data_cache_reruns_nothing(tiny_run, tmp_path):
     """data_dir is where the caches live, not a setting of the experiment."""
     shutil.copytree(ROOT / "tests" / "data", tmp_path / "moved")

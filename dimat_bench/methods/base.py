@@ -127,6 +127,16 @@ class Method:
         return out_degrees(matrix)
 
     @classmethod
+    def round_images(cls, matrix: np.ndarray, options: MethodOptions, train_images: int,
+                     shard_images: list[int]) -> dict[str, int]:
+        """Images run per round besides local training and evaluation, by phase, for the cost
+        estimate (`python -m dimat_bench estimate`): `matching` (forward passes of a model's feature
+        extractor), `correlation` (per edge, images whose features enter correlation statistics),
+        `bn_reset` (train-mode forward passes). None here; a merge method that aligns or resets
+        declares its own."""
+        return {}
+
+    @classmethod
     def message_elements(cls, model: torch.nn.Module) -> int:
         """Numbers in one message: parameters and BatchNorm buffers for merge methods (the whole
         model is averaged), parameters only for gossip methods (BatchNorm buffers stay local)."""

@@ -98,6 +98,28 @@ class MergeMethod(Method):
             return counts
         return out_degrees(matrix)
 
+    @staticmethod
+    def merging_agents(matrix: np.ndarray, options: MergeOptions) -> list[int]:
+        """The agents that merge (and then reset BatchNorm): all that have neighbours, or agent 0
+        alone under the authors' fc shortcut."""
+        if merges_once(matrix, options):
+            return [0]
+        off_diagonal = (matrix > 0) & ~np.eye(len(matrix), dtype=bool)
+        return [i for i in range(len(matrix)) if off_diagonal[i].any()]
+
+    @staticmethod
+    def match_images(options: MergeOptions, agent: int, train_images: int, shard_images: list[int]) -> int:
+        """How many images agent `agent` matches and resets BatchNorm on per round."""
+        pool = shard_images[agent] if options.match_data == "local" else train_images
+        return min(pool, options.match_samples or pool)
+
+    @classmethod
+    def round_images(cls, matrix, options, train_images, shard_images):
+        if not options.bn_reset:
+            return {}
+        return {"bn_reset": sum(cls.match_images(options, i, train_images, shard_images)
+                                for i in cls.merging_agents(matrix, options))}
+
     def align(self, agent: int, neighbours: list[int], states: list[dict], round_index: int) -> list[dict]:
         """Neighbours' states aligned to `agent` (identity here: plain weight averaging)."""
         return [states[j] for j in neighbours]
@@ -130,10 +152,10 @@ class MergeMethod(Method):
             population, matrix = self.population, self.topology.mixing_matrix
             states = population.state_dicts()
             merge_once = merges_once(matrix, self.options)
-            agents = [0] if merge_once else range(population.n_agents)
-            neighbourhoods = {i: [int(j) for j in self.topology.neighbours(i)] for i in agents}
             # an isolated agent keeps its model as it is
-            aligned = self.align_all({i: n for i, n in neighbourhoods.items() if n}, states, round_index)
+            neighbourhoods = {i: [int(j) for j in self.topology.neighbours(i)]
+                              for i in self.merging_agents(matrix, self.options)}
+            aligned = self.align_all(neighbourhoods, states, round_index)
             merged = {}
             for i, neighbours in aligned.items():
                 weights = [matrix[i, i]] + [matrix[i, j] for j in neighbourhoods[i]]
@@ -176,6 +198,20 @@ class DIMAT(MergeMethod):
         models = self.population.models
         self.spec = permutation_spec(models[0])
         self.extractors = [FeatureExtractor(m, self.spec) for m in models]
+
+    @classmethod
+    def round_images(cls, matrix, options, train_images, shard_images):
+        images = super().round_images(matrix, options, train_images, shard_images)
+        anchors = cls.merging_agents(matrix, options)
+        neighbours = {i: [j for j in np.flatnonzero(matrix[i] > 0) if j != i] for i in anchors}
+        per_agent = {i: cls.match_images(options, i, train_images, shard_images) for i in anchors}
+        if cls.shared_pass and options.match_data == "global":
+            models = set(anchors) | {j for js in neighbours.values() for j in js}
+            matching = len(models) * per_agent[anchors[0]] if anchors else 0
+        else:
+            matching = sum((1 + len(neighbours[i])) * per_agent[i] for i in anchors)
+        correlation = sum(len(neighbours[i]) * per_agent[i] for i in anchors)
+        return {**images, "matching": matching, "correlation": correlation}
 
     def align_all(self, neighbourhoods, states, round_index):
         if not (self.shared_pass and self.options.match_data == "global"):

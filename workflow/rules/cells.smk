@@ -6,15 +6,18 @@ rule cell:
         directory(CELL_DIR),
     log:
         f"{CELL_DIR}.log",
+    benchmark:
+        f"{CELL_DIR}.benchmark.tsv"
     params:
         flags=lambda wildcards: grid.flags(grid.run_options(config, wildcards.method)),
         data_dir=data_dir,
+        gpu_slots=gpu_slots,
     threads: 1
     resources:
         gpu=ENGINE_GPUS,
     conda:
         "../envs/engine.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
+        "OMP_NUM_THREADS={threads} DIMAT_BENCH_GPU_SLOTS={params.gpu_slots} python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
         "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} "
         "--out {output} --quiet --record-failure > {log} 2>&1"

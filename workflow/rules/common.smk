@@ -17,8 +17,9 @@ def visible_gpus() -> int:
     return torch.cuda.device_count()
 
 
-# Engine jobs hold one GPU each where there are GPUs (`--resources gpu=G` lets G run at once). On a
-# CPU-only host they hold none and run side by side, one thread each, as many as there are cores.
+# Engine jobs hold one GPU slot each where there are GPUs (a GPU has `gpu_slots` of them;
+# `--resources gpu=G×gpu_slots` lets that many run at once). On a CPU-only host they hold none and run
+# side by side, one thread each, as many as there are cores.
 ENGINE_GPUS = 1 if visible_gpus() else 0
 DATA_MANIFEST = f"{RESULTS}/data/{{dataset}}.json"
 PRETRAIN_DIR = f"{RESULTS}/pretrain/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}"
@@ -63,3 +64,8 @@ def data_dir(wildcards, output):
     one Snakemake derives from the job's files and leaves out of its rerun triggers, so moving
     data_dir reruns nothing."""
     return config["data_dir"]
+
+
+def gpu_slots(wildcards, output):
+    """Engine jobs per GPU: how jobs share GPUs, not what they compute (no rerun trigger either)."""
+    return config.get("gpu_slots", 1)

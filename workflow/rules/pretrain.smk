@@ -6,15 +6,18 @@ rule pretrain:
         directory(PRETRAIN_DIR),
     log:
         f"{PRETRAIN_DIR}.log",
+    benchmark:
+        f"{PRETRAIN_DIR}.benchmark.tsv"
     params:
         flags=grid.flags(config["pretrain"]),
         data_dir=data_dir,
+        gpu_slots=gpu_slots,
     threads: 1
     resources:
         gpu=ENGINE_GPUS,
     conda:
         "../envs/engine.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m dimat_bench pretrain --dataset {wildcards.dataset} --model {wildcards.model} "
+        "OMP_NUM_THREADS={threads} DIMAT_BENCH_GPU_SLOTS={params.gpu_slots} python -m dimat_bench pretrain --dataset {wildcards.dataset} --model {wildcards.model} "
         "--width {wildcards.width} --agents {wildcards.agents} --split {wildcards.split} "
         "--seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} --out {output} --quiet --record-failure > {log} 2>&1"

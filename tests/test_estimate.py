@@ -1,0 +1,140 @@
+"""The cost estimate: images per phase as the runs count them, FLOPs against a hand count of the
+model's multiply-adds, the schedule of jobs, and the command."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from dimat_bench import estimate
+from dimat_bench.grid import load_pipeline_config
+from dimat_bench.methods.merge import DIMAT
+from dimat_bench.topology import create_topology
+from helpers import ROOT, make_population, method_for
+
+GRID = {
+    "data_dir": "tests/data", "pretrain": {"epochs": 3, "train_size": 400, "test_size": 60, "eval_every": 2},
+    "run": {"rounds": 4, "epochs_per_round": 2, "match_samples": 30},
+    "grid": [{"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 4, "split": ["iid", "noniid"],
+              "topology": ["ring", "fc"], "methods": ["dimat", "dimat_local", "wa", "sgp"], "seeds": [0]}],
+}
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(GRID))
+    return {job.name: job for job in estimate.grid_jobs(load_pipeline_config(path))}
+
+
+def cell(jobs, split, topology, method):
+    return jobs[f"cell dataset=cifar10 model=resnet20 width=1 agents=4 split={split} topology={topology} "
+                f"method={method} seed=0"].images
+
+
+def test_images_per_phase_are_the_hand_counts(jobs):
+    assert sum(job.kind == "pretrain" for job in jobs.values()) == 2 and len(jobs) == 2 + 16
+    pretraining = next(job for job in jobs.values() if job.kind == "pretrain")
+    # 3 epochs of 400 images; evaluated after epochs 2 and 3, 4 agents × 60 test images.
+    assert pretraining.images == {"train": 1200, "evaluate": 2 * 4 * 60}
+    train, merge_eval, other_eval = 4 * 2 * 400, (1 + 4 * 2) * 4 * 60, (1 + 4) * 4 * 60
+    # dimat (global, shared pass) on a 4-ring: 4 models once per round, 8 edges, 4 BN resets.
+    assert cell(jobs, "iid", "ring", "dimat") == {"train": train, "evaluate": merge_eval, "matching": 4 * 4 * 30,
+                                                   "correlation": 4 * 8 * 30, "bn_reset": 4 * 4 * 30}
+    # dimat under fc: the authors' shortcut, agent 0 aligns 3 neighbours and alone resets.
+    assert cell(jobs, "noniid", "fc", "dimat") == {"train": train, "evaluate": merge_eval, "matching": 4 * 4 * 30,
+                                                    "correlation": 4 * 3 * 30, "bn_reset": 4 * 30}
+    # dimat_local on a ring: each agent with its 2 neighbours on its own 30 images.
+    assert cell(jobs, "iid", "ring", "dimat_local") == {"train": train, "evaluate": merge_eval,
+                                                         "matching": 4 * 4 * 3 * 30, "correlation": 4 * 8 * 30,
+                                                         "bn_reset": 4 * 4 * 30}
+    assert cell(jobs, "iid", "fc", "wa") == {"train": train, "evaluate": merge_eval}
+    assert cell(jobs, "iid", "ring", "sgp") == {"train": train, "evaluate": other_eval}
+
+
+@pytest.mark.parametrize("topology", ["ring", "fc", "irregular"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_methods_declared_images_are_what_its_merge_runs(cifar10, monkeypatch, topology, shared):
+    """The estimate's per-round counts against the images a real merge round sends through the models."""
+    monkeypatch.setattr(DIMAT, "shared_pass", shared)
+    graph = (create_topology("edges", 5, "uniform", edges=[(0, 1), (0, 2), (0, 3), (1, 2), (3, 4)])
+             if topology == "irregular" else create_topology(topology, 5))
+    population, _ = make_population(cifar10, n_agents=5)
+    method = method_for("dimat", population, graph, match_samples=40)
+    seen = [0]
+    for model in population.models:
+        model.conv1.register_forward_hook(lambda m, args, out: seen.__setitem__(0, seen[0] + len(args[0])))
+    method.communicate(1)
+    declared = type(method).round_images(graph.mixing_matrix, method.options, len(population.train),
+                                         [len(s) for s in population.shards])
+    assert seen[0] == declared["matching"] + declared["bn_reset"]
+
+
+def multiply_adds(model, x):
+    """Σ over convolutions and linear layers of output elements × inputs per output: by hand."""
+    total = [0]
+
+    def count(module, args, out):
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        total[0] += out.numel() * per_output
+
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        model.eval()(x)
+    return total[0]
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_flops_are_two_per_multiply_add_and_training_about_three_forwards(width):
+    key = estimate.ModelKey("resnet20", width, "cifar10", 100, "fp32")
+    flops = estimate.flops_per_image(key, {"train", "correlation"})
+    x, _ = key.images(2, "cpu")
+    assert flops["evaluate"] == flops["matching"] == flops["bn_reset"] == multiply_adds(key.build(), x) / 2 * 2
+    assert 2.5 * flops["evaluate"] < flops["train"] <= 3 * flops["evaluate"]
+    # correlation: per feature point, 2 · positions · channels² (ResNet-20: 4 points per stage).
+    channels = [16 * width, 32 * width, 64 * width]
+    assert flops["correlation"] == sum(4 * 2 * size**2 * c**2 for size, c in zip([32, 16, 8], channels))
+
+
+def test_the_schedule_runs_cells_after_their_pretraining(jobs):
+    def job(name, after=None):
+        return estimate.Job("cell" if after else "pretrain", name, None, {}, after, name)
+
+    order = [job("p1"), job("p2"), job("a", "p1"), job("b", "p1"), job("c", "p2")]
+    seconds = {"p1": 10, "p2": 4, "a": 3, "b": 5, "c": 1}
+    wall = estimate.schedule(order, lambda j: seconds[j.name], parallel=2)
+    # p1 0-10, p2 0-4; a waits for p1: 10-13; b 10-15; c 13-14 (p2 done long before): 15 s.
+    assert wall == 15
+    assert estimate.schedule(order, lambda j: seconds[j.name], parallel=1) == 23
+
+
+def run_estimate(*args):
+    return subprocess.run([sys.executable, "-m", "dimat_bench", "estimate", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def test_the_command_calibrates_prints_totals_and_writes_the_rows(tmp_path):
+    result = run_estimate("tests/pipeline.yaml", "--csv", str(tmp_path / "cost.csv"), "--gpu", "a100")
+    assert result.returncode == 0, result.stderr
+    assert "6 engine jobs (1 pretrainings)" in result.stdout
+    assert "GPU-hours:" in result.stdout and "NVIDIA A100 SXM at 30%" in result.stdout
+    assert "engine time here (cpu, 1 thread(s) a job" in result.stdout
+    assert "calibrating resnet20-w1 on cifar10" in result.stderr
+    text = (tmp_path / "cost.csv").read_text()
+    assert text.startswith("# ") and "images_matching" in text and "seconds" in text
+
+
+@pytest.mark.parametrize("args,named", [(["--utilisation", "1.5"], "--utilisation"), (["--threads", "0"], "--threads"),
+                                        (["--device", "tpu"], "device")])
+def test_bad_flags_fail_in_one_line(args, named):
+    result = run_estimate("tests/pipeline.yaml", "--no-calibrate", *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {named}") and result.stderr.count("\n") == 1
