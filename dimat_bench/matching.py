@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -83,32 +83,42 @@ def pearson(cross: torch.Tensor, a: ChannelMoments, b: ChannelMoments) -> torch.
     return cross / torch.outer(a.m2.sqrt(), b.m2.sqrt()).clamp_min(CORRELATION_EPS * a.n)
 
 
-class CorrelationStats:
-    """Running statistics for the Pearson correlation between the channels of two feature maps, where
-    every spatial position of every image is one sample. Only the anchor × other block is kept.
+class EdgeStatistics:
+    """Running statistics for the Pearson correlations between the channels of two models' feature
+    maps, for every edge (i, j) and every feature point, where every spatial position of every
+    image is one sample. Only the i × j blocks are kept.
 
-    Each batch is centred on its own means and reduced in float32 (fast: the first stage of a CIFAR
-    ResNet has 100k samples per batch), then merged into float64 running sums with Chan et al.'s
-    pairwise update, so no large raw sums are ever subtracted from each other. (`edge_permutations`
-    uses the same pieces, centring each model's batch once for all of its edges.)"""
+    Each model's batch is centred on its own means once, for all of its edges, and reduced in
+    float32 (fast: the first stage of a CIFAR ResNet has 100k samples per batch), then merged into
+    float64 running sums with Chan et al.'s pairwise update, so no large raw sums are ever
+    subtracted from each other. Feature points differ in size, so each keeps its own count."""
 
-    def __init__(self, channels: int, device):
-        self.a, self.b = ChannelMoments(channels, device), ChannelMoments(channels, device)
-        self.cross = torch.zeros(channels, channels, dtype=torch.float64, device=device)
+    def __init__(self, edges: Sequence[tuple[int, int]]):
+        self.edges = list(edges)
+        self.models = sorted({k for edge in self.edges for k in edge})
+        self.moments: dict[int, list[ChannelMoments]] = {}
+        self.cross: dict[tuple[int, int], list[torch.Tensor]] = {}
 
-    @property
-    def n(self) -> int:
-        return self.a.n
+    def update(self, features: Mapping[int, Sequence[torch.Tensor]]) -> None:
+        """Add one batch: `features[k]` holds model k's feature maps, (B, C, *spatial) each."""
+        if not self.moments:
+            first = features[self.models[0]]
+            device = first[0].device
+            self.moments = {k: [ChannelMoments(f.shape[1], device) for f in first] for k in self.models}
+            self.cross = {edge: [torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=device)
+                                 for f in first] for edge in self.edges}
+        centred = {k: [CentredBatch.of(f) for f in features[k]] for k in self.models}
+        deltas = {k: [m.delta(c) for m, c in zip(self.moments[k], centred[k])] for k in self.models}
+        for (i, j), crosses in self.cross.items():
+            for g, cross in enumerate(crosses):
+                add_cross(cross, centred[i][g], centred[j][g], deltas[i][g], deltas[j][g], self.moments[i][g].n)
+        for k in self.models:
+            for m, c, d in zip(self.moments[k], centred[k], deltas[k]):
+                m.add(c, d)
 
-    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = CentredBatch.of(a), CentredBatch.of(b)
-        delta_a, delta_b = self.a.delta(a), self.b.delta(b)
-        add_cross(self.cross, a, b, delta_a, delta_b, self.a.n)
-        self.a.add(a, delta_a)
-        self.b.add(b, delta_b)
-
-    def correlation(self) -> torch.Tensor:
-        return pearson(self.cross, self.a, self.b)
+    def correlation(self, edge: tuple[int, int], point: int) -> torch.Tensor:
+        i, j = edge
+        return pearson(self.cross[edge][point], self.moments[i][point], self.moments[j][point])
 
 
 @contextlib.contextmanager
@@ -133,31 +143,17 @@ def edge_permutations(extractors: Sequence[FeatureExtractor], edges: Sequence[tu
     Every model on an edge runs once per batch and its features serve all of its edges, so a round
     of N agents matching on the same images costs N forward passes, not N·(degree + 1). Forward
     passes run in `forward_context` (e.g. bf16 autocast); the statistics in fp32/fp64."""
-    models = sorted({k for edge in edges for k in edge})
     if not edges:
         return {}
-    moments, cross = None, None
+    stats = EdgeStatistics(edges)
     for images in batches:
         with forward_context():
-            features = {k: extractors[k](images)[1] for k in models}
+            features = {k: extractors[k](images)[1] for k in stats.models}
         with exact_statistics(images.device):
-            if moments is None:
-                moments = {k: [ChannelMoments(g.size, images.device) for g in spec.groups] for k in models}
-                cross = {edge: [torch.zeros(g.size, g.size, dtype=torch.float64, device=images.device)
-                                for g in spec.groups] for edge in edges}
-            centred = {k: [CentredBatch.of(f) for f in features[k]] for k in models}
-            deltas = {k: [m.delta(c) for m, c in zip(moments[k], centred[k])] for k in models}
-            n_before = moments[models[0]][0].n
-            for (i, j), edge_cross in cross.items():
-                for g, c in enumerate(edge_cross):
-                    add_cross(c, centred[i][g], centred[j][g], deltas[i][g], deltas[j][g], n_before)
-            for k in models:
-                for m, c, d in zip(moments[k], centred[k], deltas[k]):
-                    m.add(c, d)
-    if moments is None:
+            stats.update(features)
+    if not stats.moments:
         raise ValueError("activation matching needs at least one batch of data")
-    return {(i, j): [assignment(pearson(c, moments[i][g], moments[j][g])) for g, c in enumerate(edge_cross)]
-            for (i, j), edge_cross in cross.items()}
+    return {edge: [assignment(stats.correlation(edge, g)) for g in range(len(spec.groups))] for edge in edges}
 
 
 def activation_permutations(anchor: FeatureExtractor, others: Sequence[FeatureExtractor],

@@ -5,12 +5,18 @@ correlations, the BatchNorm reset."""
 import numpy as np
 import pytest
 import torch
+from helpers import eval_images, random_permutations, realistic_model, states_equal
 
-from dimat_bench.matching import (CorrelationStats, activation_permutations, batchnorm_layers, reset_batchnorm,
-                                  weight_permutations, weighted_sum)
+from dimat_bench.matching import (
+    EdgeStatistics,
+    activation_permutations,
+    batchnorm_layers,
+    reset_batchnorm,
+    weight_permutations,
+    weighted_sum,
+)
 from dimat_bench.models import create_model
 from dimat_bench.permutation import FeatureExtractor, permutation_spec
-from helpers import eval_images, random_permutations, realistic_model, states_equal
 
 ARCHITECTURES = [("resnet20", 1), ("resnet20", 2), ("vgg16_bn", 1), ("resnet50", 1), ("timm:resnet10t", 1)]
 
@@ -37,21 +43,30 @@ def test_merging_with_a_permuted_copy_returns_the_same_function(name, width, mat
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
 
 
-def test_streamed_correlation_equals_pearson_on_all_samples_at_once():
-    """Batches of unequal size, far-from-zero means, a dead channel (correlation 0, not NaN)."""
+def test_streamed_correlations_of_every_edge_equal_pearson_on_all_samples_at_once():
+    """Three models, three edges, two feature points of different sizes (6 channels at 5×5, 4 at
+    2×2: each point keeps its own sample count), batches of unequal size, far-from-zero means, a
+    dead channel (correlation 0, not NaN)."""
     g = torch.Generator().manual_seed(0)
-    a = 50 + torch.randn(7, 6, 5, 5, generator=g)
-    b = torch.cat([a[:, :3] * 2 + 0.3 * torch.randn(7, 3, 5, 5, generator=g), torch.randn(7, 2, 5, 5, generator=g),
-                   torch.zeros(7, 1, 5, 5)], 1) - 20
-    stats = CorrelationStats(6, "cpu")
+    big = [50 + torch.randn(7, 6, 5, 5, generator=g)]
+    big.append(torch.cat([big[0][:, :3] * 2 + 0.3 * torch.randn(7, 3, 5, 5, generator=g),
+                          torch.randn(7, 2, 5, 5, generator=g), torch.zeros(7, 1, 5, 5)], 1) - 20)
+    big.append(big[0].flip(1) + torch.randn(7, 6, 5, 5, generator=g))
+    small = [torch.randn(7, 4, 2, 2, generator=g) * (k + 1) + 10 * k for k in range(3)]
+    small[2] = small[2] + small[0] * 3
+    edges = [(0, 1), (0, 2), (2, 1)]
+    stats = EdgeStatistics(edges)
     for lo, hi in [(0, 1), (1, 4), (4, 7)]:
-        stats.update(a[lo:hi], b[lo:hi])
-    flat = lambda x: x.movedim(1, -1).reshape(-1, 6).double().numpy()  # noqa: E731
-    with np.errstate(invalid="ignore"):
-        expected = np.corrcoef(flat(a), flat(b), rowvar=False)[:6, 6:]
-    expected[:, 5] = 0.0  # no variance: numpy gives NaN
-    np.testing.assert_allclose(stats.correlation().numpy(), expected, rtol=0, atol=1e-5)
-    assert stats.n == 7 * 25
+        stats.update({k: [big[k][lo:hi], small[k][lo:hi]] for k in range(3)})
+    for point, maps in enumerate([big, small]):
+        channels = maps[0].shape[1]
+        flat = lambda x: x.movedim(1, -1).reshape(-1, channels).double().numpy()  # noqa: E731
+        for i, j in edges:
+            with np.errstate(invalid="ignore"):
+                expected = np.corrcoef(flat(maps[i]), flat(maps[j]), rowvar=False)[:channels, channels:]
+            expected[np.isnan(expected)] = 0.0  # no variance: numpy gives NaN
+            np.testing.assert_allclose(stats.correlation((i, j), point).numpy(), expected, rtol=0, atol=1e-5)
+        assert stats.moments[0][point].n == 7 * maps[0][0, 0].numel()
 
 
 def test_permutation_structure_has_the_specified_feature_points():
