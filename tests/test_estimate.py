@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from helpers import ROOT, make_population, method_for
 
 from dimat_bench import estimate
 from dimat_bench.grid import load_pipeline_config
 from dimat_bench.methods.merge import DIMAT
 from dimat_bench.topology import create_topology
-from helpers import ROOT, make_population, method_for
 
 GRID = {
     "data_dir": "tests/data", "pretrain": {"epochs": 3, "train_size": 400, "test_size": 60, "eval_every": 2},

@@ -3,11 +3,14 @@ once per batch for all edges) gives the per-agent path's permutations and merge 
 instead of N·(degree + 1); bf16 autocast really runs in bf16 and still undoes a permutation; GPU
 slots spread jobs over GPUs before doubling up."""
 
+import json
+
 import pytest
 import torch
 from helpers import eval_images, make_population, method_for, random_permutations, realistic_model, states_equal
 
 from dimat_bench import devices
+from dimat_bench.cli import main
 from dimat_bench.matching import activation_permutations, edge_permutations
 from dimat_bench.models import create_model
 from dimat_bench.permutation import FeatureExtractor, permutation_spec
@@ -158,3 +161,15 @@ def test_a_bad_gpu_slot_count_is_named(monkeypatch, value):
     monkeypatch.setenv("DIMAT_BENCH_GPU_SLOTS", value)
     with pytest.raises(ConfigError, match="DIMAT_BENCH_GPU_SLOTS"):
         devices.gpu_slots()
+
+
+@pytest.mark.parametrize("given,resolved", [(None, "fp32"), ("bf16", "bf16")])
+def test_the_resolved_precision_is_recorded_in_meta(pretrained5, tmp_path, given, resolved):
+    out = tmp_path / "cell"
+    flags = ["--precision", given] if given else []
+    assert main(["run", "--pretrained", str(pretrained5), "--method", "dimat", "--rounds", "1",
+                 "--epochs-per-round", "1", "--match-samples", "50", *flags, "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["precision"] == resolved and meta["config"]["precision"] == (given or "auto")
+    assert meta["status"] == "complete"
+    assert json.loads((pretrained5 / "meta.json").read_text())["precision"] == "fp32"

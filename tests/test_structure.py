@@ -18,7 +18,7 @@ LAYERS = [
     {"methods"},
     {"pretrain", "run", "communication"},
     {"grid"},
-    {"aggregate"},
+    {"aggregate", "estimate"},
     {"figures", "claims"},
     {"cli"},
     {"__main__", "__init__"},
