@@ -1,16 +1,18 @@
 """What every method sends, analytically (docs/benchmark.md#communication).
 
 A message is one model sent by one agent to one receiver; a communication event in the figure is one
-such message. Merge methods exchange once per round (E epochs), gossip methods after every minibatch
-step, so per epoch the network carries
+such message. A method exchanges on its schedule (`Method.schedule`): once per round (E epochs),
+after every K-th minibatch step of the run, or never, so per epoch the network carries, in the long
+run,
 
-    messages = exchanges per round / E × Σ_i messages agent i sends per exchange
+    messages = exchanges per epoch × Σ_i messages agent i sends per exchange
     bytes    = messages × numbers per message × 4
 
-The counts come from the methods' own class methods (`exchanges_per_round`, `messages_per_exchange`,
-`message_elements`), the ones a run counts with; tests/test_methods.py checks that a run's recorded
-`messages_sent` and `bytes_sent` equal `cell_communication` for the same cell. `grid.communication_rows`
-applies this to a pipeline config.
+with exchanges per epoch 1/E, steps per epoch / K, or 0 (a K that does not divide a round gives a
+fraction, not a rounded-down count). The counts come from the methods' own class methods
+(`schedule`, `messages_per_exchange`, `message_elements`); tests/test_methods.py checks that a run's
+recorded `messages_sent` and `bytes_sent` equal `cell_communication` for the same cell.
+`grid.communication_rows` applies this to a pipeline config.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def cell_communication(method: str, mixing_matrix: np.ndarray, model: torch.nn.M
     by default its defaults)."""
     cls = METHODS.get(method)
     options = options or cls.build_options()
-    exchanges = cls.exchanges_per_round(steps_per_epoch, epochs_per_round) * rounds
+    exchanges = cls.schedule(options).exchanges(steps_per_epoch, epochs_per_round, rounds)
     messages = np.asarray(cls.messages_per_exchange(mixing_matrix, options), dtype=np.int64) * exchanges
     return CellCommunication(messages, messages * cls.message_elements(model) * 4)
 
@@ -72,10 +74,12 @@ def communication_table(methods: list[str], dataset: str, model: str, width: int
         for topology in topologies:
             matrix = create_topology(topology, n, mixing).mixing_matrix
             for method in methods:
-                cost = cell_communication(method, matrix, network, steps, epochs_per_round, 1, options.get(method))
+                cls = METHODS.get(method)
+                method_options = options.get(method) or cls.build_options()
+                rate = cls.schedule(method_options).per_epoch(steps, epochs_per_round)
+                messages = rate * int(np.sum(cls.messages_per_exchange(matrix, method_options)))
                 rows.append({"dataset": dataset, "model": model, "width": width, "agents": n, "topology": topology,
-                             "method": method, "family": METHODS.get(method).family, "steps_per_epoch": steps,
-                             "epochs_per_round": epochs_per_round,
-                             "messages_per_epoch": int(cost.messages.sum()) / epochs_per_round,
-                             "bytes_per_epoch": int(cost.bytes.sum()) / epochs_per_round})
+                             "method": method, "family": cls.family, "steps_per_epoch": steps,
+                             "epochs_per_round": epochs_per_round, "messages_per_epoch": float(messages),
+                             "bytes_per_epoch": float(messages * cls.message_elements(network) * 4)})
     return rows

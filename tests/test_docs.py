@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+import test_methods as shared
 from dimat_bench import grid
 from dimat_bench.cli import main
-from dimat_bench.methods import METHODS, variant
+from dimat_bench.methods import METHODS, Schedule, variant
 from dimat_bench.registry import ConfigError
 from dimat_bench.topology import create_topology
 from helpers import make_population, method_for, states_equal
@@ -29,7 +31,7 @@ def doc_block(language: str, containing: str) -> str:
 def pairwise(tmp_path, monkeypatch):
     """The module of section 5, saved and imported (what its import line in methods/__init__.py does)."""
     path = tmp_path / "pairwise.py"
-    path.write_text(doc_block("python", "@register"))
+    path.write_text(doc_block("python", '@register("pairwise")'))
     for name in ("pairwise", "pairwise_lazy"):
         monkeypatch.delitem(METHODS._entries, name, raising=False)
     spec = importlib.util.spec_from_file_location("docs_pairwise", path)
@@ -104,3 +106,66 @@ def test_a_variant_is_one_line(pairwise, pretrained5, tmp_path):
     assert '"pair_weight": 0.25' in (out / "meta.json").read_text()
     config = quick_config_with("pairwise_lazy")
     grid.check_grid(config, grid.expand_grid(config))
+
+
+@pytest.fixture
+def pavg(tmp_path, monkeypatch):
+    """The second example (averaging every K steps), saved and imported."""
+    path = tmp_path / "pavg.py"
+    path.write_text(doc_block("python", '@register("pavg")'))
+    monkeypatch.delitem(METHODS._entries, "pavg", raising=False)
+    spec = importlib.util.spec_from_file_location("docs_pavg", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    yield METHODS.get("pavg")
+    METHODS._entries.pop("pavg", None)
+
+
+def shared_tests(name, cifar10):
+    """The shared method tests of tests/test_methods.py, called on `name`."""
+    shared.test_under_disconnected_every_method_is_just_local_training(name, cifar10)
+    for topology in ("ring", "fc"):
+        shared.test_each_exchange_sends_what_the_graph_says(name, topology)
+    shared.test_every_method_communicates_on_its_schedule_and_it_changes_the_agents(name, cifar10)
+
+
+def test_the_second_example_passes_the_shared_tests(pavg, cifar10, pretrained5, tmp_path):
+    assert pavg.schedule(pavg.build_options()) == Schedule("step", 5)
+    shared_tests("pavg", cifar10)
+    shared.test_every_method_runs_a_cell_from_the_command_line("pavg", pretrained5, tmp_path)
+
+
+@pytest.mark.parametrize("bug", ["averages nothing", "counts nothing"])
+def test_a_broken_second_example_fails_the_shared_tests(pavg, cifar10, monkeypatch, bug):
+    def exchange(self, step):
+        population, matrix = self.population, self.topology.mixing_matrix
+        if bug != "averages nothing":
+            mixing = torch.as_tensor(matrix, dtype=torch.float32)
+            population.load_flat_parameters(mixing @ population.flat_parameters())
+        if bug != "counts nothing":
+            self.sent(self.messages_per_exchange(matrix, self.options), self.message_elements(population.models[0]))
+
+    monkeypatch.setattr(pavg, "exchange", exchange)
+    with pytest.raises(AssertionError):
+        shared_tests("pavg", cifar10)
+
+
+def test_a_period_that_does_not_divide_a_round_is_counted_and_tabled_as_it_runs(pavg, cifar10):
+    """K = 3 with 4 steps a round: exchanges after steps 3, 6, 9, 12 of 3 rounds (not 1 a round),
+    and the communication table's 4/3 exchanges per epoch (not 1, not 0)."""
+    population, _ = make_population(cifar10, n_agents=5, batch_size=10, train_index=range(200))
+    assert population.steps_per_epoch() == [4] * 5
+    method = method_for("pavg", population, create_topology("ring", 5), average_every=3)
+    exchanged, exchange = [], method.exchange
+    method.exchange = lambda step: (exchanged.append(step), exchange(step))
+    for _ in range(3):
+        method.train(1)
+    assert exchanged == [3, 6, 9, 12] and method.messages_sent.tolist() == [4 * 2] * 5
+    config = quick_config_with("pavg")
+    config["run"]["average_every"] = 7
+    manifest = {"config": {"dataset": "cifar10"}, "cache": {"train_images": 50000}}
+    rows = {(r["agents"], r["topology"]): r for r in grid.communication_rows(config, [manifest])
+            if r["method"] == "pavg"}
+    for (n, topology), row in rows.items():
+        degree = {"ring": 2, "fc": n - 1}[topology]
+        assert row["messages_per_epoch"] == pytest.approx(row["steps_per_epoch"] / 7 * n * degree, rel=1e-12)
+        assert row["messages_per_epoch"] > 0

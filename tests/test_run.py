@@ -6,8 +6,9 @@ import pytest
 
 from dimat_bench.cli import build_parser, main
 from dimat_bench.methods import METHODS
+from dimat_bench.methods.merge import MergeOptions
 from dimat_bench.registry import ConfigError
-from dimat_bench.run import RUN_KEYS, CellConfig
+from dimat_bench.run import RUN_KEYS, CellConfig, base_methods
 
 
 def cell(**data):
@@ -60,19 +61,28 @@ def run_parser():
 
 
 def test_run_help_groups_the_options_by_the_methods_that_take_them():
+    """Built from the registry: a plug-in method joins the groups of the options it takes (no
+    method list is written out here, so registering one breaks nothing)."""
     groups = {group.title: [a.dest for a in group._group_actions] for group in run_parser()._action_groups}
-    assert list(groups)[2:] == [
-        "the cell (the same keys work in --config files)",
-        "every method: the local optimizer (cdmsgd, cdsgd, dimat, local, sgp, wa, wm)",
-        "merge methods: matching data, BatchNorm reset, the authors' switches (dimat, wa, wm)",
-        "cdmsgd: the consensus step's momentum", "wm: weight matching"]
     titles = list(groups)[2:]
+    every = sorted(m.name for m in base_methods())
+    merge = sorted(m.name for m in base_methods() if issubclass(m.Options, MergeOptions))
+    assert {"dimat", "wa", "wm", "sgp", "cdsgd", "cdmsgd", "local"} <= set(every) and merge[:3] == ["dimat", "wa", "wm"]
+    assert titles[:3] == ["the cell (the same keys work in --config files)",
+                          f"every method: the local optimizer ({', '.join(every)})",
+                          f"merge methods: matching data, BatchNorm reset, the authors' switches ({', '.join(merge)})"]
+    assert "cdmsgd: the consensus step's momentum" in titles and "wm: weight matching" in titles
     assert groups[titles[0]] == RUN_KEYS
     assert groups[titles[1]] == ["optimizer", "lr", "lr_decay", "momentum", "weight_decay", "reset_optimizer"]
-    assert groups[titles[3]] == ["gossip_momentum"] and groups[titles[4]] == ["wm_max_sweeps"]
+    assert groups["cdmsgd: the consensus step's momentum"] == ["gossip_momentum"]
+    assert groups["wm: weight matching"] == ["wm_max_sweeps"]
     assert sorted(key for title in titles for key in groups[title]) == sorted(CellConfig.keys())
     text = " ".join(run_parser().format_help().split())
-    assert "[default: 0.01 (cdmsgd, cdsgd, sgp); 0.001 (dimat, local, wa, wm)]" in text
+    by_lr = {}
+    for method in base_methods():
+        by_lr.setdefault(str(method.build_options().lr), []).append(method.name)
+    assert {"cdmsgd", "cdsgd", "sgp"} <= set(by_lr["0.01"]) and {"dimat", "local", "wa", "wm"} <= set(by_lr["0.001"])
+    assert "[default: " + "; ".join(f"{lr} ({', '.join(names)})" for lr, names in by_lr.items()) + "]" in text
     assert "[default: True (dimat); False (wa, wm)]" in text  # the authors' WM resets nothing
     assert "dimat_local = dimat with match_data='local'" in text
 

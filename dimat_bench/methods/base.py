@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
@@ -47,18 +48,51 @@ class MethodContext:
     seed: int
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """When a method's agents exchange models: after every `period`-th minibatch step (`"step"`;
+    lockstep steps are counted over the whole run, across epochs and rounds, so a period need not
+    divide a round), once at the start of every round (`"round"`), or never (`"never"`)."""
+
+    unit: str
+    period: int = 1
+
+    def __post_init__(self):
+        if self.unit not in ("step", "round", "never") or self.period < 1 or (self.unit != "step" and self.period != 1):
+            raise ValueError(f"Schedule({self.unit!r}, {self.period}): unit step (period >= 1), round or never")
+
+    def exchanges(self, steps_per_epoch: int, epochs_per_round: int, rounds: int) -> int:
+        """How many exchanges a run of `rounds` rounds makes."""
+        if self.unit == "never":
+            return 0
+        if self.unit == "round":
+            return rounds
+        return steps_per_epoch * epochs_per_round * rounds // self.period
+
+    def per_epoch(self, steps_per_epoch: int, epochs_per_round: int) -> Fraction:
+        """Exchanges per epoch in the long run (what the communication table and figure show), exact."""
+        return {"never": Fraction(0), "round": Fraction(1, epochs_per_round),
+                "step": Fraction(steps_per_epoch, self.period)}[self.unit]
+
+
+EVERY_STEP, EVERY_ROUND, NEVER = Schedule("step"), Schedule("round"), Schedule("never")
+
+
 class Method:
     """One decentralized algorithm.
 
     `family` decides the round (docs/benchmark.md#one-cell): "merge" methods communicate once per
     round in `communicate` (then the runner evaluates and trains E epochs); "gossip" methods
-    communicate inside training, every minibatch step; "local" methods never communicate.
+    communicate inside training; "local" methods never communicate. `schedule(options)` says
+    exactly when (by default from the family: every round, every step, never); a method that
+    communicates every K steps returns `Schedule("step", K)` and does it in `exchange`, which the
+    base `train` calls after every K-th lockstep step of the run.
 
     Communication is counted in messages: one message is one model sent by one agent to one
     receiver. Subclasses call `sent(messages, elements)` whenever agents send (it keeps
     `messages_sent` and `bytes_sent` per agent) and wrap the work in `with self.communicating():` so
-    its wall time lands in `communicate_seconds`. The class methods `exchanges_per_round`,
-    `messages_per_exchange` and `message_elements` state the same schedule analytically: the
+    its wall time lands in `communicate_seconds` (`exchange` is wrapped for them). The class methods
+    `schedule`, `messages_per_exchange` and `message_elements` state the same analytically: the
     communication table and figure are drawn from them, and the tests check them against what a run
     counted."""
 
@@ -77,6 +111,7 @@ class Method:
         self.messages_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.bytes_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.communicate_seconds = 0.0
+        self.steps_done = 0  # lockstep minibatch steps over the whole run
 
     @classmethod
     def option_keys(cls) -> list[str]:
@@ -106,18 +141,33 @@ class Method:
         """Merge-family methods: exchange models with neighbours once (round_index starts at 1)."""
 
     def train(self, epochs: int, after_step: Callable[[int], None] | None = None) -> list[dict]:
-        """E local epochs; the optimizer is re-created first when `reset_optimizer` says so."""
+        """E local epochs; the optimizer is re-created first when `reset_optimizer` says so. With a
+        step schedule, `exchange` runs after every `period`-th step of the run."""
         if self.options.reset_optimizer:
             self.population.reset_optimizers()
-        return round_train_stats([self.population.train_epoch(after_step=after_step) for _ in range(epochs)])
+        schedule = self.schedule(self.options)
+
+        def step_done(step: int) -> None:
+            self.steps_done += 1
+            if schedule.unit == "step" and self.steps_done % schedule.period == 0:
+                with self.communicating():
+                    self.exchange(self.steps_done)
+            if after_step is not None:
+                after_step(step)
+
+        return round_train_stats([self.population.train_epoch(after_step=step_done) for _ in range(epochs)])
+
+    def exchange(self, step: int) -> None:
+        """Step-scheduled methods: exchange models now (`step` lockstep steps into the run)."""
+        raise NotImplementedError(f"{type(self).__name__} has a step schedule but no exchange()")
 
     # --- the communication schedule, analytically ---------------------------------------------
 
     @classmethod
-    def exchanges_per_round(cls, steps_per_epoch: int, epochs_per_round: int) -> int:
-        """How many times per round the agents exchange models: once for merge methods, after every
+    def schedule(cls, options: MethodOptions) -> Schedule:
+        """When agents exchange models: by default every round for merge methods, after every
         minibatch step for gossip methods, never for local ones."""
-        return {"merge": 1, "gossip": steps_per_epoch * epochs_per_round, "local": 0}[cls.family]
+        return {"merge": EVERY_ROUND, "gossip": EVERY_STEP, "local": NEVER}[cls.family]
 
     @classmethod
     def messages_per_exchange(cls, matrix: np.ndarray, options: MethodOptions) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Gossip methods (communication after every minibatch step): SGP, CDSGD, CDMSGD.
+"""Gossip methods (communication after every minibatch step, fused with it): SGP, CDSGD, CDMSGD.
 
 Every agent computes its gradient at its current model; then, in one synchronous step, all agents
 update and mix. Only trainable parameters are mixed; BatchNorm buffers stay local."""

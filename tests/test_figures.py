@@ -1,0 +1,78 @@
+"""The figures draw the numbers they claim to: the accuracy curves are the per-round means over
+agents and seeds at each measurement point, the communication figure's curves are the table's
+values (fractional schedules included). Figures are captured before they are saved."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dimat_bench import figures
+from dimat_bench.communication import communication_table
+
+SETTING = {"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 2, "split": "iid", "topology": "ring"}
+
+
+def synthetic_metrics() -> pd.DataFrame:
+    """2 methods (a merge one with after_merge rows, a local one) × 2 seeds × 2 agents × rounds 0-2,
+    every accuracy distinct: test_acc = (method, seed, round, agent, phase) spread over [0, 1)."""
+    rows, rng = [], np.random.default_rng(0)
+    for method, phases in (("wa", ["after_merge", "after_train"]), ("local", ["after_train"])):
+        for seed in (0, 1):
+            for r in range(3):
+                for phase in (["initial"] if r == 0 else phases):
+                    for agent in (0, 1):
+                        rows.append({**SETTING, "method": method, "seed": seed, "round": r, "agent": agent,
+                                     "phase": phase, "test_acc": rng.uniform(0.2, 0.9), "test_loss": 1.0,
+                                     "own_acc": 0.5, "consensus_distance": 0.0, "messages_sent": 0, "bytes_sent": 0})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def captured(monkeypatch, tmp_path):
+    """The figures `figures.save` is asked to write: stem name -> figure (nothing is written)."""
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.setdefault(stem.name, fig) and [stem])
+    return drawn
+
+
+def lines(fig, axis=0):
+    return {line.get_label(): line for line in fig.axes[axis].get_lines()}
+
+
+def test_accuracy_curves_are_the_means_over_agents_and_seeds_at_each_point(captured, tmp_path):
+    metrics = synthetic_metrics()
+    figures.accuracy_curves(metrics, tmp_path)
+    [fig] = captured.values()
+    drawn = lines(fig)
+    initial = 100 * metrics[metrics["phase"] == "initial"]["test_acc"].mean()
+    for method, paper_phase in (("wa", "after_merge"), ("local", "after_train")):
+        cell = metrics[metrics["method"] == method]
+        expected = [100 * cell[cell["round"] == 0]["test_acc"].mean()]
+        for r in (1, 2):  # agents averaged per seed, then seeds averaged
+            per_seed = cell[(cell["round"] == r) & (cell["phase"] == paper_phase)].groupby("seed")["test_acc"].mean()
+            expected.append(100 * per_seed.mean())
+        np.testing.assert_allclose(drawn[method].get_ydata(), expected, rtol=1e-12)
+        assert list(drawn[method].get_xdata()) == [0, 1, 2]
+    dotted = [line for label, line in drawn.items() if line.get_linestyle() == ":"]
+    assert len(dotted) == 1  # the merge method's after-training curve, unlabelled
+    wa = metrics[metrics["method"] == "wa"]
+    trained = [100 * wa[(wa["round"] == r) & (wa["phase"] == "after_train")]["test_acc"].mean() for r in (1, 2)]
+    np.testing.assert_allclose(dotted[0].get_ydata()[1:], trained, rtol=1e-12)
+    np.testing.assert_allclose(drawn["pretrained"].get_ydata(), [initial, initial], rtol=1e-12)
+
+
+def test_the_communication_figure_draws_the_tables_values(captured, tmp_path):
+    table = pd.DataFrame(communication_table(["dimat", "sgp", "cdsgd", "local"], "cifar10", "resnet20", 1,
+                                             [5, 10], ["ring", "fc"], epochs_per_round=3))
+    figures.communication_figure(table, tmp_path)
+    [fig] = captured.values()
+    for axis, column, scale in ((0, "messages_per_epoch", 1), (1, "bytes_per_epoch", 1e6)):
+        drawn = lines(fig, axis)
+        assert set(drawn) == {"cdsgd = sgp, fc", "cdsgd = sgp, ring", "dimat, fc", "dimat, ring"}  # local: none
+        for label, line in drawn.items():
+            method, topology = label.split(", ")
+            rows = table[(table["method"] == method.split(" = ")[0]) & (table["topology"] == topology)]
+            np.testing.assert_allclose(line.get_ydata(), rows.sort_values("agents")[column] / scale, rtol=1e-12)
+    # dimat merges once per round of 3 epochs: a third of a merge's messages per epoch, not 0 or 1
+    ring5 = table[(table["method"] == "dimat") & (table["topology"] == "ring") & (table["agents"] == 5)]
+    assert ring5["messages_per_epoch"].item() == pytest.approx(10 / 3, rel=1e-15)
