@@ -2,7 +2,7 @@
 device-resident training set). Methods touch agents only through this class, so that a later backend
 can run all N agents in one batched call: training is lockstep (minibatch k of every agent, then an
 optional hook, e.g. a gossip step), evaluation runs every agent on each test batch, and weights move
-in and out as state dicts or as stacked (N, ...) tensors."""
+in and out as state dicts or as flat (N, P) parameter rows."""
 
 from __future__ import annotations
 
@@ -241,11 +241,3 @@ class Population:
             raise ValueError(f"got {len(states)} states for {self.n_agents} agents")
         for model, state in zip(self.models, states):
             model.load_state_dict(state)
-
-    def stacked_state(self) -> dict[str, torch.Tensor]:
-        """Every state-dict entry stacked over agents: name -> tensor of shape (N, *shape)."""
-        states = [m.state_dict() for m in self.models]
-        return {k: torch.stack([s[k] for s in states]) for k in states[0]}
-
-    def load_stacked_state(self, stacked: dict[str, torch.Tensor]) -> None:
-        self.load_state_dicts([{k: v[i] for k, v in stacked.items()} for i in range(self.n_agents)])

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from dimat_bench.data import device_datasets
-from dimat_bench.matching import reset_batchnorm
+from dimat_bench.matching import batchnorm_layers, reset_batchnorm
 from dimat_bench.methods import METHODS, MethodContext, create_method
 from dimat_bench.models import create_model
 from dimat_bench.population import OptimizerSpec, Population, derive_seed
@@ -31,6 +31,36 @@ def make_population(dataset, n_agents=3, split="iid", seed=0, optimizer=Optimize
 
 def states_equal(a: dict, b: dict, atol: float = 0.0) -> bool:
     return all(torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=atol) for k in a)
+
+
+def flat_floats(state: dict) -> torch.Tensor:
+    """Every floating-point entry of a state dict, in key order, as one float64 vector."""
+    return torch.cat([v.detach().reshape(-1).double() for v in state.values() if v.is_floating_point()])
+
+
+def assert_states_close(got: dict, expected: dict, tol: float = 1e-5) -> None:
+    """Every entry of `got` within `tol` (absolute and relative) of `expected`'s (one comparison of
+    the flattened states; on a mismatch, the worst entry is named)."""
+    assert got.keys() == expected.keys()
+    a = torch.cat([v.reshape(-1).double() for v in got.values()])
+    b = torch.cat([v.reshape(-1).double() for v in expected.values()])
+    if not torch.allclose(a, b, rtol=tol, atol=tol):
+        worst = max(got, key=lambda k: ((got[k].double() - expected[k].double()).abs()
+                                        - tol * (1 + expected[k].double().abs())).max().item())
+        torch.testing.assert_close(got[worst].double(), expected[worst].double(), rtol=tol, atol=tol,
+                                   msg=lambda m: f"{worst}: {m}")
+
+
+def scramble_batchnorm(model, seed):
+    """Give every BatchNorm layer stale statistics: random running mean and variance, 7 batches
+    tracked (a reset that forgets to clear them would average them in)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in batchnorm_layers(model):
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=generator))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=generator))
+            m.num_batches_tracked.fill_(7)
+    return model
 
 
 def real_batches(dataset, count=200, batch=50):
@@ -66,5 +96,5 @@ def method_for(name, population, topology, seed=0, **options):
     return create_method(name, MethodContext(population, topology, cls.build_options(options), seed=seed))
 
 
-__all__ = ["ROOT", "make_population", "states_equal", "real_batches", "random_permutations", "eval_images",
-           "realistic_model", "method_for"]
+__all__ = ["ROOT", "make_population", "states_equal", "assert_states_close", "flat_floats", "scramble_batchnorm",
+           "real_batches", "random_permutations", "eval_images", "realistic_model", "method_for"]

@@ -2,9 +2,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dimat_bench.aggregate import (POINTS, PRETRAINED, agent_means, caption, collect_cells, final_accuracy,
-                                   main_table, merge_penalty, to_latex, to_markdown)
+from dimat_bench.aggregate import (
+    POINTS,
+    PRETRAINED,
+    agent_means,
+    caption,
+    collect_cells,
+    final_accuracy,
+    main_table,
+    merge_penalty,
+    to_latex,
+    to_markdown,
+)
 from dimat_bench.cli import main
+
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory, data_dir, pretrained5):
@@ -59,10 +70,71 @@ def test_final_accuracy_and_the_main_table_are_the_agent_and_seed_averages(cells
     assert r"\textbf{" in latex and r"$\pm$" in latex and latex.count(r"\\") == 4
 
 
-def test_one_seed_prints_no_spread(cells):
-    final = final_accuracy(collect_cells(cells[:2]))  # seed 0 only
-    markdown = to_markdown(main_table(final))
-    assert "±" not in markdown and "nan" not in markdown
+# A hand-built metrics table: wa (merges) and local, on ring and fc, seeds 0 and 1, rounds 1 and 2,
+# 2 agents at ±1 point around the cell's value. Round 1 is every cell's best round; round 2, the
+# last, is what the tables report. wa's after_merge and after_train values differ.
+BASE = {("wa", "ring"): 0.40, ("wa", "fc"): 0.42, ("local", "ring"): 0.30, ("local", "fc"): 0.40}
+SEED1 = {("wa", "ring"): 0.02, ("wa", "fc"): 0.04, ("local", "ring"): 0.06, ("local", "fc"): 0.02}  # seed 1 − seed 0
+OFFSET = {(1, "after_merge"): 0.20, (1, "after_train"): 0.30, (2, "after_merge"): 0.10, (2, "after_train"): 0.15}
+INITIAL = {"ring": 0.10, "fc": 0.12}  # the pretrained agents (seed 1: +0.02), the same for both methods
+
+
+def hand_metrics(seeds=(0, 1)):
+    rows = []
+    for (method, topology), base in BASE.items():
+        for seed in seeds:
+            values = [(0, "initial", INITIAL[topology] + 0.02 * seed)]
+            values += [(r, phase, base + seed * SEED1[method, topology] + OFFSET[r, phase]) for r in (1, 2)
+                       for phase in ("after_merge", "after_train") if method == "wa" or phase == "after_train"]
+            rows += [{"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 2, "split": "iid",
+                      "topology": topology, "method": method, "seed": seed, "round": r, "phase": phase,
+                      "agent": agent, "test_acc": value + (0.01 if agent else -0.01), "test_loss": 1.0,
+                      "own_acc": value, "consensus_distance": 0.0, "messages_sent": 0, "bytes_sent": 0}
+                     for r, phase, value in values for agent in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+# The last round's agent means by hand (method, topology, seed): the paper point reads wa right
+# after its merge (base + 0.10), local after training (base + 0.15); after_train reads both there.
+PAPER = {("wa", "ring", 0): 0.50, ("wa", "ring", 1): 0.52, ("wa", "fc", 0): 0.52, ("wa", "fc", 1): 0.56,
+         ("local", "ring", 0): 0.45, ("local", "ring", 1): 0.51, ("local", "fc", 0): 0.55, ("local", "fc", 1): 0.57}
+AFTER_TRAIN = {**PAPER, ("wa", "ring", 0): 0.55, ("wa", "ring", 1): 0.57, ("wa", "fc", 0): 0.57,
+               ("wa", "fc", 1): 0.61}
+HEADER = "| method | CIFAR-10 resnet20×1 N=2 iid fc | CIFAR-10 resnet20×1 N=2 iid ring |"
+
+
+def test_final_accuracy_is_the_last_rounds_agent_mean_at_each_points_phase():
+    final = final_accuracy(hand_metrics()).set_index(["method", "topology", "seed"])
+    for key in PAPER:
+        assert final.loc[key, "paper_acc"] == pytest.approx(PAPER[key], abs=1e-12), key
+        assert final.loc[key, "after_train_acc"] == pytest.approx(AFTER_TRAIN[key], abs=1e-12), key
+        assert final.loc[key, "initial_acc"] == pytest.approx(INITIAL[key[1]] + 0.02 * key[2], abs=1e-12), key
+        assert final.loc[key, "rounds"] == 2
+
+
+def test_the_main_table_is_mean_and_std_over_seeds_with_the_best_method_per_column_in_bold():
+    """Paper point: wa is best on ring (51.00 vs 48.00), local on fc (56.00 vs 54.00), while each
+    method's own best column is fc; after training wa is best on both."""
+    final = final_accuracy(hand_metrics())
+    table = main_table(final, "paper").set_index(["method", "setting"])
+    ring, fc = "CIFAR-10 resnet20×1 N=2 iid ring", "CIFAR-10 resnet20×1 N=2 iid fc"
+    expected = {("wa", ring): (51, 2), ("wa", fc): (54, 4), ("local", ring): (48, 6), ("local", fc): (56, 2),
+                (PRETRAINED, ring): (11, 2), (PRETRAINED, fc): (13, 2)}  # mean, |seed 1 − seed 0| in points
+    for key, (mean, gap) in expected.items():
+        assert table.loc[key, "mean"] == pytest.approx(mean, abs=1e-9), key
+        assert table.loc[key, "std"] == pytest.approx(gap / np.sqrt(2), abs=1e-9), key  # ddof 1 of two values
+        assert table.loc[key, "seeds"] == 2
+    assert to_markdown(main_table(final, "paper")).splitlines() == [
+        HEADER, "| --- | --- | --- |", "| local | **56.00 ± 1.41** | 48.00 ± 4.24 |",
+        "| wa | 54.00 ± 2.83 | **51.00 ± 1.41** |", "| pretrained | 13.00 ± 1.41 | 11.00 ± 1.41 |"]
+    assert to_markdown(main_table(final, "after_train")).splitlines()[2:4] == [
+        "| local | 56.00 ± 1.41 | 48.00 ± 4.24 |", "| wa | **59.00 ± 2.83** | **56.00 ± 1.41** |"]
+
+
+def test_one_seed_prints_the_mean_alone():
+    markdown = to_markdown(main_table(final_accuracy(hand_metrics(seeds=(0,)))))
+    assert markdown.splitlines()[2:] == ["| local | **55.00** | 45.00 |", "| wa | 52.00 | **50.00** |",
+                                         "| pretrained | 12.00 | 10.00 |"]
 
 
 def test_the_caption_names_the_point_and_the_seeds():
@@ -107,7 +179,8 @@ def test_the_communication_figure_draws_one_curve_per_distinct_schedule(tmp_path
     # the official DIMAT merges once under fc: a schedule of its own
     assert shared_schedules(table) == [["cdsgd", "sgp"], ["dimat"], ["local"], ["wa", "wm"]]
     written = communication_figure(table, tmp_path)
-    assert sorted(p.name for p in written) == ["communication_cifar10_resnet20_1.pdf", "communication_cifar10_resnet20_1.png"]
+    assert sorted(p.name for p in written) == ["communication_cifar10_resnet20_1.pdf",
+                                               "communication_cifar10_resnet20_1.png"]
     assert all(p.stat().st_size > 1000 for p in written)
 
 

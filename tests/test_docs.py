@@ -14,6 +14,7 @@ import yaml
 import test_methods as shared
 from dimat_bench import grid
 from dimat_bench.cli import main
+from dimat_bench.communication import cell_communication
 from dimat_bench.methods import METHODS, Schedule, variant
 from dimat_bench.registry import ConfigError
 from dimat_bench.topology import create_topology
@@ -146,7 +147,7 @@ def test_a_broken_second_example_fails_the_shared_tests(pavg, cifar10, monkeypat
 
     monkeypatch.setattr(pavg, "exchange", exchange)
     with pytest.raises(AssertionError):
-        shared_tests("pavg", cifar10)
+        shared.test_every_method_communicates_on_its_schedule_and_it_changes_the_agents("pavg", cifar10)
 
 
 def test_a_period_that_does_not_divide_a_round_is_counted_and_tabled_as_it_runs(pavg, cifar10):
@@ -160,6 +161,10 @@ def test_a_period_that_does_not_divide_a_round_is_counted_and_tabled_as_it_runs(
     for _ in range(3):
         method.train(1)
     assert exchanged == [3, 6, 9, 12] and method.messages_sent.tolist() == [4 * 2] * 5
+    analytic = cell_communication("pavg", create_topology("ring", 5).mixing_matrix, population.models[0], 4, 1, 3,
+                                  method.options)
+    assert analytic.messages.tolist() == method.messages_sent.tolist()
+    assert analytic.bytes.tolist() == method.bytes_sent.tolist()
     config = quick_config_with("pavg")
     config["run"]["average_every"] = 7
     manifest = {"config": {"dataset": "cifar10"}, "cache": {"train_images": 50000}}

@@ -1,9 +1,6 @@
 """The cost estimate: images per phase as the runs count them, FLOPs against a hand count of the
 model's multiply-adds, the schedule of jobs, and the command."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +8,7 @@ import yaml
 from helpers import ROOT, make_population, method_for
 
 from dimat_bench import estimate
+from dimat_bench.cli import main
 from dimat_bench.grid import load_pipeline_config
 from dimat_bench.methods.merge import DIMAT
 from dimat_bench.topology import create_topology
@@ -116,25 +114,30 @@ def test_the_schedule_runs_cells_after_their_pretraining(jobs):
     assert estimate.schedule(order, lambda j: seconds[j.name], parallel=1) == 23
 
 
-def run_estimate(*args):
-    return subprocess.run([sys.executable, "-m", "dimat_bench", "estimate", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+def run_estimate(capsys, *args):
+    """The command in this process (its subprocess start-up measurement aside): exit status, out, err."""
+    status = main(["estimate", *args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
-def test_the_command_calibrates_prints_totals_and_writes_the_rows(tmp_path):
-    result = run_estimate("tests/pipeline.yaml", "--csv", str(tmp_path / "cost.csv"), "--gpu", "a100")
-    assert result.returncode == 0, result.stderr
-    assert "6 engine jobs (1 pretrainings)" in result.stdout
-    assert "GPU-hours:" in result.stdout and "NVIDIA A100 SXM at 30%" in result.stdout
-    assert "engine time here (cpu, 1 thread(s) a job" in result.stdout
-    assert "calibrating resnet20-w1 on cifar10" in result.stderr
+def test_the_command_calibrates_prints_totals_and_writes_the_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    status, out, err = run_estimate(capsys, "tests/pipeline.yaml", "--csv", str(tmp_path / "cost.csv"),
+                                    "--gpu", "a100")
+    assert status == 0, err
+    assert "6 engine jobs (1 pretrainings)" in out
+    assert "GPU-hours:" in out and "NVIDIA A100 SXM at 30%" in out
+    assert "engine time here (cpu, 1 thread(s) a job" in out
+    assert "calibrating resnet20-w1 on cifar10" in err
     text = (tmp_path / "cost.csv").read_text()
     assert text.startswith("# ") and "images_matching" in text and "seconds" in text
 
 
 @pytest.mark.parametrize("args,named", [(["--utilisation", "1.5"], "--utilisation"), (["--threads", "0"], "--threads"),
                                         (["--device", "tpu"], "device")])
-def test_bad_flags_fail_in_one_line(args, named):
-    result = run_estimate("tests/pipeline.yaml", "--no-calibrate", *args)
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {named}") and result.stderr.count("\n") == 1
+def test_bad_flags_fail_in_one_line(args, named, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    status, _, err = run_estimate(capsys, "tests/pipeline.yaml", "--no-calibrate", *args)
+    assert status == 2
+    assert err.startswith(f"error: {named}") and err.count("\n") == 1

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from dimat_bench.methods.gossip import cdsgd_step
-from dimat_bench.topology import Topology, create_topology
 from helpers import make_population, method_for
+
+from dimat_bench.methods.gossip import SGP, cdsgd_step
+from dimat_bench.topology import Topology, create_topology
 
 
 @pytest.mark.parametrize("topology", ["fc", "ring"])
@@ -36,6 +36,7 @@ def test_sgp_push_sum_on_a_directed_graph_conserves_mass_and_finds_the_average(c
     assert np.allclose(push.sum(axis=0), 1) and not np.allclose(push.sum(axis=1), 1)
     population, _ = make_population(cifar10, n_agents=4)
     method = method_for("sgp", population, Topology("directed", "push", push > 0, push))
+    assert method.messages_per_exchange(push, method.options).tolist() == [1, 2, 1, 2]  # out-degrees, not in
     x0 = torch.randn(4, 6)
     z = x0.clone()
     for step in range(200):
@@ -59,3 +60,38 @@ def test_cdsgd_on_a_quadratic_reaches_consensus():
     consensus = ((x - x.mean(0)) ** 2).sum(1).mean()
     assert consensus < 1e-4 * initial
     torch.testing.assert_close(x.mean(0), targets.mean(0), rtol=0, atol=2e-2)
+
+
+# An irregular graph (degrees 3, 2, 2, 2, 1) under `uniform` weights: row-stochastic, not column-stochastic.
+IRREGULAR, DEGREES = [(0, 1), (0, 2), (0, 3), (1, 2), (3, 4)], [3, 2, 2, 2, 1]
+
+
+def equal_shares():
+    """By hand: agent j pushes 1/(1 + out-degree_j) to itself and to each neighbour (column j)."""
+    push = np.diag([1 / (1 + d) for d in DEGREES])
+    for a, b in IRREGULAR:
+        push[a, b], push[b, a] = 1 / (1 + DEGREES[b]), 1 / (1 + DEGREES[a])
+    return push
+
+
+def test_sgp_on_a_row_stochastic_matrix_pushes_equal_shares_and_runs_push_sum(cifar10):
+    """P is column-stochastic on the graph's support; two steps from a real population equal
+    x ← P (w ⊙ z − η g), w ← P w, z ← x / w by hand in float64 (the weights leave 1)."""
+    topology = create_topology("edges", 5, "uniform", edges=IRREGULAR)
+    assert not np.allclose(topology.mixing_matrix.sum(axis=0), 1)
+    push = equal_shares()
+    np.testing.assert_allclose(push.sum(axis=0), 1, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(SGP.communication_matrix(topology.mixing_matrix), push, rtol=0, atol=1e-15)
+    population, _ = make_population(cifar10, n_agents=5)
+    method = method_for("sgp", population, topology)
+    z, w = population.flat_parameters(), torch.ones(5, 1, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    for lr in (0.0, 0.05):
+        grads = torch.randn(z.shape, generator=generator)
+        expected = torch.as_tensor(push) @ (w * z.double() - lr * grads.double())
+        w = torch.as_tensor(push) @ w
+        z = method.step(z, grads, lr)
+        torch.testing.assert_close(z.double(), expected / w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(method.weights, w, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(w, torch.ones_like(w))
+    assert method.messages_per_exchange(topology.mixing_matrix, method.options).tolist() == DEGREES

@@ -1,17 +1,32 @@
 """The merge-and-train methods on their own: DIMAT undoes a permutation, WA gives the exact mean,
-the authors' fc shortcut and preset."""
+every merge is Σ_j Π_ij P_ij(θ_j) by hand (unequal weights, a permutation per neighbour), the
+BatchNorm reset starts from nothing, the matching images come from the right pool, the authors' fc
+shortcut and preset."""
 
+import copy
 import dataclasses
 
+import numpy as np
+import pytest
 import torch
+from helpers import (
+    assert_states_close,
+    eval_images,
+    flat_floats,
+    make_population,
+    method_for,
+    random_permutations,
+    realistic_model,
+    scramble_batchnorm,
+    states_equal,
+)
 
 from dimat_bench.communication import cell_communication
-from dimat_bench.matching import batchnorm_layers
+from dimat_bench.matching import activation_permutations, batchnorm_layers, reset_batchnorm
 from dimat_bench.methods import METHODS
 from dimat_bench.models import create_model
-from dimat_bench.permutation import permutation_spec
-from dimat_bench.topology import create_topology
-from helpers import eval_images, make_population, method_for, random_permutations, realistic_model, states_equal
+from dimat_bench.permutation import FeatureExtractor, permutation_spec
+from dimat_bench.topology import Topology, create_topology, validate_mixing_matrix
 
 
 def test_dimat_method_merges_an_agent_with_its_permuted_copy_exactly(cifar10, batches):
@@ -74,3 +89,173 @@ def test_fc_merge_once_gives_everyone_agent_zeros_merge(cifar10):
                               1).messages.tolist() == [2, 1, 1]
     assert cell_communication("dimat_local", create_topology("fc", 3).mixing_matrix, population.models[0], 1, 1,
                               1).messages.tolist() == [2, 2, 2]
+
+
+# --- exact merges: Σ_j Π_ij P_ij(θ_j) against a hand computation -------------------------------
+
+# An irregular graph (degrees 3, 2, 2, 2, 1) and its `uniform` weights, by hand: 1/(degree + 1) on
+# self and neighbours. Row-stochastic, not column-stochastic, not symmetric (Π_03 = 1/4, Π_30 = 1/3).
+IRREGULAR = [(0, 1), (0, 2), (0, 3), (1, 2), (3, 4)]
+IRREGULAR_UNIFORM = np.array([[1 / 4, 1 / 4, 1 / 4, 1 / 4, 0], [1 / 3, 1 / 3, 1 / 3, 0, 0],
+                              [1 / 3, 1 / 3, 1 / 3, 0, 0], [1 / 3, 0, 0, 1 / 3, 1 / 3], [0, 0, 0, 1 / 2, 1 / 2]])
+# The official bipartite graph on 7 agents: hubs 5 and 6, a = ⌊100/6⌋/100 = 0.16; the self weight
+# differs from every neighbour's (0.68 on the leaves, 1 − 5a = 0.2 on the hubs).
+BIPARTITE7 = np.array([[0.68 if j == i else 0.16 if j >= 5 else 0 for j in range(7)] for i in range(5)]
+                      + [[0.16] * 5 + ([0.2, 0] if hub == 5 else [0, 0.2]) for hub in (5, 6)])
+# Every agent with >= 3 neighbours: K5 without (0, 1) and (2, 3), so degrees 3, 3, 3, 3, 4.
+DENSE = [(0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4), (2, 4), (3, 4)]
+# A full-support mixing matrix with unequal weights in every row (rows sum to 1, columns do not).
+UNEQUAL = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.5, 0.25, 0.15], [0.2, 0.1, 0.3, 0.4], [0.05, 0.15, 0.3, 0.5]])
+
+
+def hand_weighted_sum(states, weights):
+    """Σ_j w_j state_j over the floating entries, flattened (`flat_floats`), in float64."""
+    return torch.as_tensor(np.asarray(weights, dtype=np.float64)) @ torch.stack([flat_floats(s) for s in states])
+
+
+@pytest.mark.parametrize("graph", ["irregular_uniform", "bipartite_official"])
+def test_weight_averaging_gives_agent_i_row_i_of_the_mixing_matrix_over_stale_batchnorm_too(graph, cifar10):
+    """Distinct agents (own inits) with distinct stale BatchNorm statistics; WA resets nothing, so
+    every float entry is Σ_j Π_ij θ_j and the batch counter stays the agent's own."""
+    if graph == "irregular_uniform":
+        topology, matrix = create_topology("edges", 5, "uniform", edges=IRREGULAR), IRREGULAR_UNIFORM
+    else:
+        topology, matrix = create_topology("bipartite", 7), BIPARTITE7
+    np.testing.assert_allclose(topology.mixing_matrix, matrix, rtol=0, atol=1e-12)
+    population, _ = make_population(cifar10, n_agents=len(matrix))
+    for k, model in enumerate(population.models):
+        scramble_batchnorm(model, seed=k)
+        model.bn1.num_batches_tracked.fill_(10 + k)
+    before = population.state_dicts()
+    method_for("wa", population, topology).communicate(1)
+    after = population.state_dicts()
+    expected = torch.as_tensor(matrix) @ torch.stack([flat_floats(s) for s in before])  # row i: Σ_j Π_ij θ_j
+    torch.testing.assert_close(torch.stack([flat_floats(s) for s in after]), expected, rtol=1e-6, atol=1e-6)
+    assert [s["bn1.num_batches_tracked"].item() for s in after] == [10 + i for i in range(len(matrix))]
+
+
+def permuted_copies(base, spec, n):
+    """n models: `base` with a different random channel permutation each."""
+    states = [spec.apply(base.state_dict(), random_permutations(spec, seed=k + 1)) for k in range(n)]
+    models = []
+    for state in states:
+        models.append(create_model("resnet20", 10))
+        models[-1].load_state_dict(state)
+    return models, states
+
+
+@pytest.mark.parametrize("match_data", ["global", "local"])
+def test_dimat_gives_every_agent_back_its_own_model_when_all_are_permuted_copies(match_data, cifar10, batches):
+    """Agent k = Q_k(base). The permutation aligning j to i is Q_i∘Q_j⁻¹, so every aligned neighbour
+    is exactly agent i's model and, the weights summing to 1, so is the merge: each agent must get
+    its own model back (a neighbour aligned with another neighbour's permutation would not)."""
+    base = realistic_model("resnet20", 1, batches)
+    spec = permutation_spec(base)
+    models, states = permuted_copies(base, spec, 5)
+    assert not states_equal(states[0], states[1]) and not states_equal(states[2], states[3])
+    population, _ = make_population(cifar10, n_agents=5, models=models)
+    topology = create_topology("edges", 5, "uniform", edges=DENSE)
+    assert min(len(topology.neighbours(i)) for i in range(5)) == 3
+    method = method_for("dimat", population, topology, match_data=match_data, match_samples=20, bn_reset=False)
+    method.communicate(1)
+    for i, state in enumerate(population.state_dicts()):
+        assert_states_close(state, states[i], tol=1e-5)
+
+
+def unequal_topology():
+    validate_mixing_matrix(UNEQUAL, np.ones((4, 4), dtype=bool))
+    return Topology("full", "unequal", np.ones((4, 4), dtype=bool), UNEQUAL)
+
+
+def hand_dimat_merge(method, before, round_index):
+    """Σ_j Π_ij spec.apply(θ_j, perms_ij), each pair matched on its own by activation_permutations
+    on agent i's matching images, in float64. Returns the merges and the permutations."""
+    models = [m.eval() for m in method.population.models]
+    spec = permutation_spec(models[0])
+    extractors = [FeatureExtractor(m, spec) for m in models]
+    merged, perms = [], {}
+    for i in range(len(models)):
+        images = list(method.matching_batches(i, round_index))
+        aligned = []
+        for j in range(len(models)):
+            if j != i:
+                [perms[i, j]] = activation_permutations(extractors[i], [extractors[j]], images, spec)
+            aligned.append(before[i] if j == i else spec.apply(before[j], perms[i, j]))
+        merged.append(hand_weighted_sum(aligned, UNEQUAL[i]))
+    return merged, perms
+
+
+@pytest.mark.parametrize("match_data", ["global", "local"])
+def test_dimat_merge_is_the_weighted_sum_of_each_neighbour_aligned_by_its_own_matching(match_data, cifar10):
+    """Distinct agents, unequal weights, 3 neighbours each; global runs the shared matching pass,
+    local the per-agent one, each on agent i's own matching images."""
+    population, _ = make_population(cifar10, n_agents=4)
+    for k, model in enumerate(population.models):
+        scramble_batchnorm(model, seed=k)
+    method = method_for("dimat", population, unequal_topology(), match_data=match_data, match_samples=20,
+                        bn_reset=False)
+    before = population.state_dicts()
+    expected, perms = hand_dimat_merge(method, before, 1)
+    # not vacuous: each neighbour of agent 0 needs its own, non-identity permutation
+    assert not any(torch.equal(p, torch.arange(len(p))) for p in perms[0, 1])
+    assert not all(torch.equal(a, b) for a, b in zip(perms[0, 1], perms[0, 2]))
+    method.communicate(1)
+    for i, state in enumerate(population.state_dicts()):
+        torch.testing.assert_close(flat_floats(state), expected[i], rtol=1e-5, atol=1e-5)
+        assert state["bn1.num_batches_tracked"].item() == 7
+
+
+# --- the BatchNorm reset after a merge ---------------------------------------------------------
+
+@pytest.mark.parametrize("cumulative", [True, False])
+def test_dimat_resets_batchnorm_from_scratch_on_each_agents_own_matching_images(cumulative, cifar10):
+    """Stale statistics (random, 7 batches tracked) must not leak into the reset: every agent's
+    statistics equal a reset of its merged weights that starts from nothing (0 batches tracked,
+    whatever the buffers hold) on its own matching images, in 2 batches (of 10 images)."""
+    population, _ = make_population(cifar10, n_agents=3)
+    for k, model in enumerate(population.models):
+        scramble_batchnorm(model, seed=k)
+    method = method_for("dimat", population, create_topology("ring", 3), match_data="local", match_samples=20,
+                        bn_reset=True, bn_momentum_cumulative=cumulative, fc_merge_once=False)
+    method.match_batch_size = 10
+    before = population.state_dicts()
+    method.communicate(1)
+    for i, model in enumerate(population.models):
+        reference = copy.deepcopy(model)
+        for layer in batchnorm_layers(reference):
+            layer.num_batches_tracked.zero_()
+        reset_batchnorm(reference, method.matching_batches(i, 1))
+        for got, want in zip(batchnorm_layers(model), batchnorm_layers(reference)):
+            torch.testing.assert_close(got.running_mean, want.running_mean, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got.running_var, want.running_var, rtol=1e-5, atol=1e-5)
+            assert got.num_batches_tracked.item() == 2
+            assert got.momentum == (None if cumulative else 0.1)
+        assert not torch.allclose(model.bn1.running_mean, before[i]["bn1.running_mean"], atol=1e-3)
+
+
+# --- the matching images -----------------------------------------------------------------------
+
+def drawn_indices(method, agent, round_index, index_of):
+    """The training indices of the images `matching_batches` yields (exact pixel equality)."""
+    return [index_of[image.contiguous().reshape(-1).numpy().tobytes()]
+            for batch in method.matching_batches(agent, round_index) for image in batch]
+
+
+@pytest.mark.parametrize("match_data", ["local", "global"])
+@pytest.mark.parametrize("samples", [150, None])
+def test_matching_batches_draw_the_asked_number_from_the_right_pool_afresh_each_round(match_data, samples, cifar10):
+    population, parts = make_population(cifar10, n_agents=3)
+    everything = population.train.batch(torch.arange(len(population.train)))[0]
+    index_of = {x.contiguous().reshape(-1).numpy().tobytes(): k for k, x in enumerate(everything)}
+    assert len(index_of) == len(everything) == 500
+    method = method_for("dimat", population, create_topology("ring", 3), match_data=match_data,
+                        match_samples=samples, match_augment=False)
+    for i, shard in enumerate(parts.shards):
+        pool = set(shard.tolist()) if match_data == "local" else set(range(500))
+        first = drawn_indices(method, i, 1, index_of)
+        assert len(first) == len(set(first)) == (samples or len(pool))
+        assert (set(first) <= pool) if samples else (set(first) == pool)
+        if match_data == "global":
+            assert not set(first) <= set(shard.tolist())
+        assert drawn_indices(method, i, 1, index_of) == first  # the same round: the same draw
+        assert drawn_indices(method, i, 2, index_of) != first  # another round: another draw

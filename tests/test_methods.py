@@ -75,7 +75,7 @@ def test_each_exchange_sends_what_the_graph_says(name, topology):
 
 
 def exercising(name, cifar10, rounds=2):
-    """Method `name` on a 5-agent ring with enough minibatch steps per round (batch 10) to exercise
+    """Method `name` on a 5-agent ring with enough minibatch steps per round (batch 5) to exercise
     a step schedule twice a round; run `rounds` rounds of one epoch as the runner does. Returns the
     method, its local twin's population (the same agents, data and optimizer, never communicating),
     and the lockstep steps per epoch."""
@@ -83,11 +83,11 @@ def exercising(name, cifar10, rounds=2):
     options = cls.build_options({"match_samples": 20} if "match_samples" in cls.settable_keys() else {})
     schedule = cls.schedule(options)
     steps = 2 * schedule.period if schedule.unit == "step" else 2
-    images = range(5 * 10 * steps)
-    population, _ = make_population(cifar10, n_agents=5, optimizer=options.optimizer_spec(), batch_size=10,
+    images = range(5 * 5 * (steps + 1))  # shards of an iid split differ by a few images
+    population, _ = make_population(cifar10, n_agents=5, optimizer=options.optimizer_spec(), batch_size=5,
                                     train_index=images)
     method = create_method(name, MethodContext(population, create_topology("ring", 5), options, seed=0))
-    twin = local_twin(name, cifar10, n_agents=5, batch_size=10, train_index=images)
+    twin = local_twin(name, cifar10, n_agents=5, batch_size=5, train_index=images)
     twin_method = method_for("local", twin, create_topology("ring", 5), reset_optimizer=options.reset_optimizer)
     counts = []
     for r in range(1, rounds + 1):
@@ -148,6 +148,7 @@ def test_every_method_runs_a_cell_from_the_command_line(name, pretrained5, tmp_p
     assert metrics.groupby(["round", "phase"], sort=False).size().index.get_level_values("phase").tolist() == phases
     assert (metrics.groupby(["round", "phase"]).size() == 5).all() and metrics["agent"].tolist()[:5] == list(range(5))
     assert meta["status"] == "complete" and np.isfinite(metrics["test_loss"]).all()
+    assert meta["precision"] == "fp32" and meta["config"]["precision"] == "auto"  # auto is fp32 on a CPU
     final = metrics[metrics["phase"] == "after_train"].sort_values("agent")
     shards = load_agents(pretrained5 / "agents.pt").shards
     steps = max(len(batch_bounds(len(shard), 100)) for shard in shards)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_population, scramble_batchnorm, states_equal
 
 from dimat_bench.population import OptimizerSpec, batch_bounds
-from helpers import make_population
 
 
 def test_each_agent_trains_on_exactly_its_own_shard_once_per_epoch_in_lockstep(cifar10):
@@ -41,9 +41,9 @@ def test_same_seed_same_population_and_different_seed_differs(cifar10):
     c, _ = make_population(cifar10, seed=6)
     for p in (a, b, c):
         p.train_epoch()
-    sa, sb, sc = a.stacked_state(), b.stacked_state(), c.stacked_state()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    sa, sb, sc = a.state_dicts(), b.state_dicts(), c.state_dicts()
+    assert all(states_equal(x, y) for x, y in zip(sa, sb))
+    assert not any(states_equal(x, y) for x, y in zip(sa, sc))
 
 
 def test_agents_can_fit_their_shards(cifar10):
@@ -92,16 +92,27 @@ def test_sgd_learning_rate_decays_per_epoch_and_survives_optimizer_reset(cifar10
         assert opt.state == {}, "a reset optimizer starts without momentum buffers"
 
 
-def test_stacked_state_round_trip_and_averaging(cifar10):
+def test_consensus_distance_is_the_mean_squared_distance_of_the_parameters_to_their_mean(cifar10):
+    """mean over agents of ‖θ_i − θ̄‖² over trainable parameters, by hand in float64, for 3 distinct
+    agents whose BatchNorm buffers differ too (they are not parameters: they must not count)."""
     population, _ = make_population(cifar10, n_agents=3)
-    stacked = population.stacked_state()
-    assert stacked["conv1.weight"].shape == (3, 16, 3, 3, 3)
-    averaged = {k: v.float().mean(0, keepdim=True).expand_as(v).to(v.dtype) for k, v in stacked.items()}
-    population.load_stacked_state(averaged)
-    states = population.state_dicts()
-    for k in states[0]:
-        if states[0][k].is_floating_point():
-            assert torch.equal(states[0][k], states[2][k])
+    for k, model in enumerate(population.models):
+        scramble_batchnorm(model, seed=k)
+    params = [{name: p.detach().double() for name, p in m.named_parameters()} for m in population.models]
+    buffers = [{name: b.double() for name, b in m.named_buffers()} for m in population.models]
+
+    def spread(agents):
+        total = 0.0
+        for name in agents[0]:
+            mean = (agents[0][name] + agents[1][name] + agents[2][name]) / 3
+            total += sum(((a[name] - mean) ** 2).sum().item() for a in agents)
+        return total / 3
+
+    expected = spread(params)
+    assert population.consensus_distance() == pytest.approx(expected, rel=1e-9)
+    assert spread(buffers) > 1e-3 * expected  # buffers counted in would show
+    population.load_state_dicts([population.state_dicts()[0]] * 3)
+    assert population.consensus_distance() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_batch_bounds_drop_only_a_single_trailing_image():

@@ -1,0 +1,295 @@
+"""Do the tests catch realistic bugs? Each mutant below is one plausible one-line mistake in the
+maths (a transposed mixing weight, every neighbour given the first neighbour's permutation, a
+BatchNorm reset that keeps the old statistics, ...). For each, this script copies the working tree
+(tracked and untracked, not ignored, files) into a temporary directory, applies that one edit there
+(the old text must occur exactly once, else the table is stale and the script stops), runs the
+mutant's own small test selection on the copy, and reports the first test that failed ("killed") or
+SURVIVED. A baseline run of every selected test on the unmutated copy comes first: the tests must
+pass before their failures mean anything.
+
+    python benchmarks/mutants.py                  # every mutant (a few minutes on 2 cores)
+    python benchmarks/mutants.py --list           # the table
+    python benchmarks/mutants.py --only dimat     # the mutants whose description contains "dimat"
+
+Exit status: 0 when every mutant is killed, 1 when one survived, 2 when the table is stale (an old
+text not found once, a test id that no longer exists) or the baseline fails.
+
+To add a mutant, append a `Mutant(description, file, old text, new text, tests)` to MUTANTS: the
+old text a line (or part of one) of `file` that occurs once, the tests the pytest ids that should
+catch it (keep them few and fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Mutant(NamedTuple):
+    description: str
+    path: str  # relative to the repository root
+    old: str  # must occur exactly once in `path`
+    new: str
+    tests: tuple[str, ...]  # pytest ids, run in this order with -x
+
+
+MERGE, POPULATION, GOSSIP = "tests/test_merge.py::", "tests/test_population.py::", "tests/test_gossip.py::"
+AGGREGATE = "tests/test_aggregate.py::"
+WA = MERGE + "test_weight_averaging_gives_agent_i_row_i_of_the_mixing_matrix_over_stale_batchnorm_too"
+DIMAT_COPIES = MERGE + "test_dimat_gives_every_agent_back_its_own_model_when_all_are_permuted_copies"
+DIMAT_SUM = MERGE + "test_dimat_merge_is_the_weighted_sum_of_each_neighbour_aligned_by_its_own_matching"
+BN_RESET = MERGE + "test_dimat_resets_batchnorm_from_scratch_on_each_agents_own_matching_images"
+MATCHING = MERGE + "test_matching_batches_draw_the_asked_number_from_the_right_pool_afresh_each_round"
+CONSENSUS = POPULATION + "test_consensus_distance_is_the_mean_squared_distance_of_the_parameters_to_their_mean"
+SGP_PUSH = GOSSIP + "test_sgp_on_a_row_stochastic_matrix_pushes_equal_shares_and_runs_push_sum"
+SGP_DIRECTED = GOSSIP + "test_sgp_push_sum_on_a_directed_graph_conserves_mass_and_finds_the_average"
+FINAL = AGGREGATE + "test_final_accuracy_is_the_last_rounds_agent_mean_at_each_points_phase"
+TABLE = AGGREGATE + "test_the_main_table_is_mean_and_std_over_seeds_with_the_best_method_per_column_in_bold"
+STREAMED = "tests/test_matching.py::test_streamed_correlations_of_every_edge_equal_pearson_on_all_samples_at_once"
+SCHEDULE = "tests/test_methods.py::test_every_method_communicates_on_its_schedule_and_it_changes_the_agents"
+PAVG = "tests/test_docs.py::test_the_second_example_passes_the_shared_tests"
+PERIOD = "tests/test_docs.py::test_a_period_that_does_not_divide_a_round_is_counted_and_tabled_as_it_runs"
+GRAPH = "tests/test_methods.py::test_each_exchange_sends_what_the_graph_says"
+CURVES = "tests/test_figures.py::test_accuracy_curves_are_the_means_over_agents_and_seeds_at_each_point"
+COMM_FIGURE = "tests/test_figures.py::test_the_communication_figure_draws_the_tables_values"
+SHARED_PASS = "tests/test_speed_paths.py::test_the_shared_pass_merges_as_the_per_agent_path_with_one_pass_per_model"
+DECLARED = "tests/test_estimate.py::test_a_methods_declared_images_are_what_its_merge_runs"
+
+MERGE_PY, MATCHING_PY = "dimat_bench/methods/merge.py", "dimat_bench/matching.py"
+GOSSIP_PY, AGGREGATE_PY = "dimat_bench/methods/gossip.py", "dimat_bench/aggregate.py"
+BASE_PY = "dimat_bench/methods/base.py"
+
+MUTANTS: list[Mutant] = [
+    Mutant("dimat shared pass: every neighbour gets the first neighbour's permutation", MERGE_PY,
+           "[self.spec.apply(states[j], perms[(i, j)]) for j in neighbours]",
+           "[self.spec.apply(states[j], perms[(i, neighbours[0])]) for j in neighbours]", (DIMAT_COPIES, DIMAT_SUM)),
+    Mutant("dimat shared pass: edge reversed (neighbour j given the permutation aligning i to j)", MERGE_PY,
+           "[self.spec.apply(states[j], perms[(i, j)]) for j in neighbours]",
+           "[self.spec.apply(states[j], perms[(j, i)]) for j in neighbours]", (DIMAT_COPIES, DIMAT_SUM)),
+    Mutant("dimat per agent: every neighbour gets the first neighbour's permutation", MERGE_PY,
+           "return [self.spec.apply(states[j], p) for j, p in zip(neighbours, perms)]",
+           "return [self.spec.apply(states[j], perms[0]) for j, p in zip(neighbours, perms)]",
+           (DIMAT_COPIES, DIMAT_SUM)),
+    Mutant("dimat per agent: permutations applied to the wrong neighbours", MERGE_PY,
+           "zip(neighbours, perms)]", "zip(neighbours, perms[::-1])]", (DIMAT_COPIES, DIMAT_SUM)),
+    Mutant("merge: mixing weight read as matrix[j, i] (transposed)", MERGE_PY,
+           "[matrix[i, j] for j in neighbourhoods[i]]", "[matrix[j, i] for j in neighbourhoods[i]]", (WA, DIMAT_SUM)),
+    Mutant("merge: self weight taken from the first neighbour's entry", MERGE_PY,
+           "weights = [matrix[i, i]] +", "weights = [matrix[i, neighbourhoods[i][0]]] +", (WA, DIMAT_SUM)),
+    Mutant("merge: the last neighbour skipped", MERGE_PY,
+           "[int(j) for j in self.topology.neighbours(i)]", "[int(j) for j in self.topology.neighbours(i)][:-1]",
+           (WA, DIMAT_SUM)),
+    Mutant("weighted_sum drops the last state", MATCHING_PY,
+           "for state, weight in zip(states, weights):", "for state, weight in zip(states[:-1], weights):",
+           (WA, DIMAT_SUM)),
+    Mutant("BatchNorm reset no longer clears the old statistics", MATCHING_PY,
+           "m.reset_running_stats()", "pass", (BN_RESET,)),
+    Mutant("merge: the BatchNorm reset is skipped", MERGE_PY,
+           "if self.options.bn_reset:", "if False:", (BN_RESET,)),
+    Mutant("merge: bn_momentum_cumulative inverted", MERGE_PY,
+           "self.options.bn_momentum_cumulative,", "not self.options.bn_momentum_cumulative,", (BN_RESET,)),
+    Mutant("matching: local matching reads the global pool", MERGE_PY,
+           'pool = (population.shards[agent] if options.match_data == "local"',
+           'pool = (population.shards[agent] if options.match_data == "shard"', (MATCHING,)),
+    Mutant("matching: match_samples off by one", MERGE_PY,
+           "order = order[:options.match_samples]", "order = order[:options.match_samples - 1]", (MATCHING,)),
+    Mutant("matching: match_samples ignored", MERGE_PY,
+           "if options.match_samples is not None:", "if False:", (MATCHING,)),
+    Mutant("matching: the round missing from the seed", MERGE_PY,
+           'derive_seed(self.seed, "match", round_index, stream)', 'derive_seed(self.seed, "match", stream)',
+           (MATCHING,)),
+    Mutant("EdgeStatistics: one feature point's count used for every point", MATCHING_PY,
+           "self.moments[i][g].n)", "self.moments[i][0].n)", (STREAMED,)),
+    Mutant("consensus distance: sum over agents instead of mean", "dimat_bench/population.py",
+           ".sum(1).mean().item()", ".sum(1).sum().item()", (CONSENSUS,)),
+    Mutant("consensus distance: BatchNorm buffers included", "dimat_bench/population.py",
+           "flat = self.flat_parameters().double()",
+           "flat = torch.stack([torch.cat([v.reshape(-1).double() for v in m.state_dict().values()]) "
+           "for m in self.models])", (CONSENSUS,)),
+    Mutant("SGP: equal shares normalised over the wrong axis", GOSSIP_PY,
+           "support.sum(axis=0, keepdims=True)", "support.sum(axis=1, keepdims=True)", (SGP_PUSH,)),
+    Mutant("SGP: parameters mixed with the transposed matrix", GOSSIP_PY,
+           "mixed = self.mixing @ pushed", "mixed = self.mixing.T @ pushed", (SGP_PUSH,)),
+    Mutant("SGP: push-sum weights never updated", GOSSIP_PY,
+           "self.weights = self.push @ self.weights", "self.weights = self.weights", (SGP_PUSH,)),
+    Mutant("out_degrees counts the wrong axis (receives, not sends)", "dimat_bench/methods/base.py",
+           "return sends.sum(axis=0)", "return sends.sum(axis=1)", (SGP_DIRECTED,)),
+    Mutant("aggregate: best round instead of the last", AGGREGATE_PY,
+           'at_point = at_point[at_point["round"] == at_point.groupby(CELL_KEYS)["round"].transform("max")]',
+           'at_point = at_point[at_point["test_acc"] == at_point.groupby(CELL_KEYS)["test_acc"].transform("max")]',
+           (FINAL, TABLE)),
+    Mutant("aggregate: paper point reads after_train for merge methods too", AGGREGATE_PY,
+           'wanted = phase.isin(["initial", "after_merge"]) | ((phase == "after_train") & ~merges)',
+           'wanted = phase.isin(["initial", "after_train"])', (FINAL, TABLE)),
+    Mutant("aggregate: the first round instead of the last", AGGREGATE_PY,
+           'at_point["round"] == at_point.groupby(CELL_KEYS)["round"].transform("max")',
+           'at_point["round"] == 1 + 0 * at_point["round"]', (FINAL, TABLE)),
+    Mutant("aggregate: std over seeds with ddof 0", AGGREGATE_PY,
+           'grouped["final_pct"].std(ddof=1)', 'grouped["final_pct"].std(ddof=0)', (TABLE,)),
+    Mutant("aggregate: best per row (method) instead of per column (setting)", AGGREGATE_PY,
+           '(table["mean"] >= table["setting"].map(best))',
+           '(table["mean"] >= table["method"].map(methods.groupby("method")["mean"].max()))', (TABLE,)),
+    # The communication schedule (issue 13's plug-in contract) and what is drawn from it.
+    Mutant("schedule: a step method exchanges one step late", BASE_PY,
+           "self.steps_done % schedule.period == 0", "self.steps_done % schedule.period == 1", (PERIOD, PAVG)),
+    Mutant("schedule: exchanges counted per round, rounded down (a non-dividing period)", BASE_PY,
+           "return steps_per_epoch * epochs_per_round * rounds // self.period",
+           "return steps_per_epoch * epochs_per_round // self.period * rounds", (PERIOD,)),
+    Mutant("schedule: a merge every epoch instead of every round in the table", BASE_PY,
+           '"round": Fraction(1, epochs_per_round)', '"round": Fraction(1)', (COMM_FIGURE,)),
+    Mutant("gossip: the consensus step forgets to mix", GOSSIP_PY,
+           "return (mixing @ params).add_(grads, alpha=-lr)", "return params.add_(grads, alpha=-lr)",
+           (f"{SCHEDULE}[cdsgd]",)),
+    Mutant("gossip: the message counts every other step", GOSSIP_PY,
+           "self.sent(self.messages_per_step, self.elements)",
+           "self.sent(self.messages_per_step * (step % 2), self.elements)", (f"{SCHEDULE}[sgp]",)),
+    Mutant("merge: the fc shortcut's messages counted as a full exchange", MERGE_PY,
+           "if merges_once(matrix, options):\n            counts", "if False:\n            counts",
+           (f"{GRAPH}[dimat-fc]",)),
+    Mutant("figures: the accuracy curve averages agents of the wrong phase", "dimat_bench/aggregate.py",
+           'wanted = phase.isin(["initial", "after_train"])\n', 'wanted = phase.isin(["initial", "after_merge"])\n',
+           (CURVES,)),
+    # The shared matching pass and the cost estimate (issue 12).
+    Mutant("shared pass: features of the anchor used for both sides of an edge", MATCHING_PY,
+           "add_cross(cross, centred[i][g], centred[j][g]", "add_cross(cross, centred[i][g], centred[i][g]",
+           (SHARED_PASS, STREAMED)),
+    Mutant("estimate: the per-agent path's anchor pass not counted", MERGE_PY,
+           "matching = sum((1 + len(neighbours[i])) * per_agent[i] for i in anchors)",
+           "matching = sum(len(neighbours[i]) * per_agent[i] for i in anchors)", (f"{DECLARED}[False-ring]",)),
+]
+
+
+def tree_files(root: Path) -> list[str]:
+    """The working tree's files as git sees them: tracked (as they are now) and untracked, not ignored."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    return sorted({f for f in listed if f and (root / f).is_file()})
+
+
+def copy_tree(root: Path, files: list[str], target: Path) -> None:
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target / name)
+
+
+def check_table(root: Path, mutants: list[Mutant]) -> list[str]:
+    """Problems that make the table stale: an old text that does not occur exactly once."""
+    problems = []
+    for m in mutants:
+        path = root / m.path
+        count = path.read_text().count(m.old) if path.is_file() else -1
+        if count != 1:
+            found = "no such file" if count < 0 else f"found {count} times"
+            problems.append(f"{m.description}: {m.old!r} in {m.path}: {found}, not once")
+    return problems
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int | None, str]:
+    """(pytest's exit status, or None after `timeout` seconds; its output) for `tests` in `copy`."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(copy), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    try:
+        result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    return result.returncode, result.stdout + result.stderr
+
+
+def first_failure(output: str) -> str:
+    found = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.MULTILINE)
+    return found.group(1) if found else "(no test named in the output)"
+
+
+def in_copy(root: Path, files: list[str], edit: Mutant | None, run):
+    """Call `run(copy)` on a fresh copy of the tree, with `edit` applied there."""
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
+        copy = Path(tmp)
+        copy_tree(root, files, copy)
+        if edit is not None:
+            target = copy / edit.path
+            target.write_text(target.read_text().replace(edit.old, edit.new))
+        return run(copy)
+
+
+def baseline(root: Path, files: list[str], tests: list[str], timeout: float) -> str | None:
+    """None when the copy imports its own package and every selected test passes there, else why not."""
+    def run(copy: Path):
+        where = subprocess.run([sys.executable, "-c", "import dimat_bench; print(dimat_bench.__file__)"], cwd=copy,
+                               env={**os.environ, "PYTHONPATH": str(copy)}, capture_output=True, text=True)
+        if not where.stdout.strip().startswith(str(copy)):
+            return f"the copy imports dimat_bench from {where.stdout.strip() or where.stderr.strip()}"
+        status, output = run_tests(copy, tuple(tests), timeout * 4)
+        return None if status == 0 else f"pytest exit {status}:\n{output[-3000:]}"
+    return in_copy(root, files, None, run)
+
+
+def judge(root: Path, files: list[str], mutant: Mutant, timeout: float) -> tuple[str, str]:
+    """("killed" | "survived" | "stale", what to print)."""
+    start = time.perf_counter()
+    status, output = in_copy(root, files, mutant, lambda copy: run_tests(copy, mutant.tests, timeout))
+    seconds = f"{time.perf_counter() - start:.0f} s"
+    if status is None:
+        return "killed", f"killed by a timeout ({timeout:.0f} s)"
+    if status == 0:
+        return "survived", f"SURVIVED ({seconds})"
+    if status in (1, 2):  # tests failed, or collection broke (the mutant does not even import)
+        return "killed", f"killed by {first_failure(output)} ({seconds})"
+    return "stale", f"pytest exit {status} (a test id that no longer exists?):\n{output[-2000:]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", metavar="SUBSTRING", help="only the mutants whose description has it")
+    parser.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant's tests (300)")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (1; each pytest uses every core)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the run of the unmutated tests")
+    args = parser.parse_args()
+    mutants = [m for m in MUTANTS if args.only.lower() in m.description.lower()]
+    if args.list:
+        for m in mutants:
+            print(f"{m.description}\n    {m.path}: {m.old!r} -> {m.new!r}\n    tests: {' '.join(m.tests)}")
+        return 0
+    if not mutants:
+        print(f"no mutant's description contains {args.only!r}", file=sys.stderr)
+        return 2
+    problems = check_table(ROOT, mutants)
+    if problems:
+        print("stale mutant table:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    files = tree_files(ROOT)
+    if not args.no_baseline:
+        tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
+        failed = baseline(ROOT, files, tests, args.timeout)
+        if failed:
+            print(f"baseline: {failed}", file=sys.stderr)
+            return 2
+        print(f"baseline: {len(tests)} test selections pass unmutated")
+    return report(mutants, files, args)
+
+
+def report(mutants: list[Mutant], files: list[str], args) -> int:
+    counts = {"killed": 0, "survived": 0, "stale": 0}
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        verdicts = pool.map(lambda m: judge(ROOT, files, m, args.timeout), mutants)
+        for mutant, (verdict, text) in zip(mutants, verdicts):
+            counts[verdict] += 1
+            print(f"{mutant.description}: {text}", flush=True)
+    print(f"{len(mutants)} mutants: {counts['killed']} killed, {counts['survived']} survived"
+          + (f", {counts['stale']} stale" if counts["stale"] else ""))
+    return 2 if counts["stale"] else 1 if counts["survived"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
