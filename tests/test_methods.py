@@ -30,15 +30,21 @@ def local_twin(name, cifar10, n_agents=3, **population):
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_under_disconnected_every_method_is_just_local_training(name, cifar10):
+    """Its exchanges with nobody leave the agents exactly where local training puts them (6 steps
+    an epoch, so a step schedule exchanges too)."""
     options = METHODS.get(name).build_options()
-    population, _ = make_population(cifar10, n_agents=3, optimizer=options.optimizer_spec())
+    data = {"batch_size": 10, "train_index": range(180)}
+    population, _ = make_population(cifar10, n_agents=3, optimizer=options.optimizer_spec(), **data)
     method = method_for(name, population, create_topology("disconnected", 3))
-    if method.schedule(method.options).unit == "round":
+    schedule = method.schedule(method.options)
+    if schedule.unit == "round":
         before = population.state_dicts()
         method.communicate(1)
         assert all(states_equal(a, b) for a, b in zip(before, population.state_dicts()))
+    elif schedule.unit == "step":
+        assert schedule.exchanges(min(population.steps_per_epoch()), 1, 1) >= 1
     method.train(1)
-    twin = local_twin(name, cifar10)
+    twin = local_twin(name, cifar10, **data)
     method_for("local", twin, create_topology("disconnected", 3), reset_optimizer=options.reset_optimizer).train(1)
     for a, b in zip(population.state_dicts(), twin.state_dicts()):
         assert states_equal(a, b, atol=1e-5)

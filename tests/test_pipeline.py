@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from dimat_bench import grid
+from dimat_bench.registry import ConfigError
 from dimat_bench.results import read_csv_meta
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,8 @@ def snakemake(*args, cwd):
 def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
     shutil.copy(ROOT / "tests" / "pipeline.yaml", work / "config.yaml")
-    result = snakemake("--cores", "2", "--configfile", "config.yaml", "--config",
+    # `estimate` is not part of `all`; asked for here, it runs beside the pretraining
+    result = snakemake("all", "estimate", "--cores", "2", "--configfile", "config.yaml", "--config",
                        f"data_dir={ROOT / 'tests' / 'data'}", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     return work
@@ -115,52 +118,71 @@ def finished_cells(cells: Path) -> dict:
             if not any(part.startswith(".partial-") for part in p.relative_to(cells).parts)}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
-def test_killing_the_pipeline_during_a_cell_reruns_only_the_unfinished_work(sig, tiny_run, tmp_path):
-    """Interrupt the whole pipeline (Ctrl-C, or kill -9 and then `--unlock`) while a cell runs and
-    another has finished; the rerun recomputes only the unfinished cells, and the tables equal the
-    uninterrupted run's."""
-    shutil.copy(ROOT / "tests" / "pipeline.yaml", tmp_path / "config.yaml")
-    args = ["--cores", "2", "--configfile", "config.yaml", "--config", f"data_dir={ROOT / 'tests' / 'data'}"]
+def interrupt_mid_cell(sig, work, args, log) -> dict:
+    """Start the pipeline in `work` and, once this start has finished a cell and another cell is
+    running, send `sig` to Snakemake and every job it started (as a terminal's Ctrl-C does).
+    Returns the finished cells; checks Snakemake recorded exactly those and no table was written."""
+    cells = work / "results" / "cells"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cells, log = tmp_path / "results" / "cells", tmp_path / "first.log"
 
-    def registered() -> int:  # cells whose completion Snakemake itself has recorded
+    def registered() -> int:  # cells whose completion Snakemake itself has recorded in this start
         return len(re.findall(r"Finished jobid: \d+ \(Rule: cell\)", log.read_text()))
 
+    before = len(finished_cells(cells)) if cells.exists() else 0
     with open(log, "w") as handle:
         # A shell starts background commands with Ctrl-C ignored, and children inherit that: give the
         # pipeline a terminal's default, however the tests themselves were started.
-        pipeline = subprocess.Popen([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *args], cwd=tmp_path, env=env,
+        pipeline = subprocess.Popen([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *args], cwd=work, env=env,
                                     stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline, running = time.monotonic() + 300, []
         while time.monotonic() < deadline and pipeline.poll() is None:
-            if 1 <= registered() == len(finished_cells(cells)):
+            if 1 <= registered() == len(finished_cells(cells)) - before:
                 running = list(cells.rglob(".partial-*"))
                 if running:
                     break
             time.sleep(0.1)
         assert pipeline.poll() is None and running, "the pipeline ended before it could be interrupted mid-cell"
     finally:
-        os.killpg(pipeline.pid, sig)  # snakemake and every job it started, as a terminal's Ctrl-C does
+        os.killpg(pipeline.pid, sig)
         pipeline.wait(timeout=120)
     finished = finished_cells(cells)
-    assert 1 <= len(finished) == registered() < TINY_CELLS
-    assert not (tmp_path / "results" / "tables" / "main.csv").exists()
+    assert 1 <= len(finished) - before == registered() and len(finished) < TINY_CELLS
+    assert not (work / "results" / "tables" / "main.csv").exists()
+    return finished
 
-    if sig == signal.SIGKILL:  # a killed Snakemake cannot release its lock on the working directory
-        assert snakemake("--unlock", *args, cwd=tmp_path).returncode == 0
+
+def planned(log: str, rule: str) -> int:
+    """The number of `rule` jobs Snakemake's job table at the start of a run lists (0: none)."""
+    found = re.search(rf"\n{rule}\s+(\d+)\n", log)
+    return int(found.group(1)) if found else 0
+
+
+def test_interrupting_the_pipeline_mid_cell_reruns_only_the_unfinished_work(tiny_run, tmp_path):
+    """Ctrl-C the whole pipeline while a cell runs and another has finished, start it again, kill -9
+    it the same way, `--unlock`, and run it to the end: each start plans only the cells not yet
+    finished and recomputes none that was, no staging directory is left, and the tables equal the
+    uninterrupted run's."""
+    shutil.copy(ROOT / "tests" / "pipeline.yaml", tmp_path / "config.yaml")
+    args = ["--cores", "2", "--configfile", "config.yaml", "--config", f"data_dir={ROOT / 'tests' / 'data'}"]
+    cells = tmp_path / "results" / "cells"
+    first = interrupt_mid_cell(signal.SIGINT, tmp_path, args, tmp_path / "first.log")
+    second = interrupt_mid_cell(signal.SIGKILL, tmp_path, args, tmp_path / "second.log")
+    log = (tmp_path / "second.log").read_text()
+    assert planned(log, "cell") == TINY_CELLS - len(first) and planned(log, "pretrain") == 0
+    assert second == {**second, **first} and len(second) > len(first)  # the Ctrl-C'd finished cells were kept
+
+    # a killed Snakemake cannot release its lock on the working directory
+    assert snakemake("--unlock", *args, cwd=tmp_path).returncode == 0
     rerun = snakemake(*args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     log = rerun.stdout + rerun.stderr
-    planned = re.search(r"\ncell\s+(\d+)\n", log)
-    assert planned and int(planned.group(1)) == TINY_CELLS - len(finished)
-    assert not re.search(r"\npretrain\s+\d+\n", log), "the pretraining had finished"
-    assert finished_cells(cells) == {**finished_cells(cells), **finished}  # finished cells were not recomputed
+    assert planned(log, "cell") == TINY_CELLS - len(second) and planned(log, "pretrain") == 0
+    assert finished_cells(cells) == {**finished_cells(cells), **second}  # finished cells were not recomputed
     assert len(finished_cells(cells)) == TINY_CELLS
-    assert not list((tmp_path / "results").rglob(".partial-*")), "the interrupted job's staging directory is gone"
+    assert not list((tmp_path / "results").rglob(".partial-*")), "the interrupted jobs' staging directories are gone"
+    assert not (tmp_path / "results" / "estimate.md").exists()  # `estimate` is not part of `all`
     expected, got = tables(tiny_run), tables(tmp_path)
     for name in expected:
         if name.endswith(".csv"):
@@ -176,10 +198,7 @@ def test_a_second_run_has_nothing_to_do(tiny_run):
 
 
 def test_the_estimate_target_writes_the_grids_cost_with_its_provenance(tiny_run):
-    """`snakemake estimate`: not part of `all`; the same numbers as the command, with a meta line."""
-    result = snakemake("estimate", "--cores", "1", "--configfile", "config.yaml", "--config",
-                       f"data_dir={ROOT / 'tests' / 'data'}", cwd=tiny_run)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """`snakemake estimate` (run by the fixture): the grid's jobs, calibrated here, with a meta line."""
     text = (tiny_run / "results" / "estimate.md").read_text()
     assert text.startswith("<!-- dimat-bench meta:") and '"calibrated_on": "cpu"' in text
     assert f"{TINY_CELLS + 1} engine jobs (1 pretrainings)" in text and "engine time here (cpu" in text
@@ -197,7 +216,7 @@ def test_moving_the_data_cache_reruns_nothing(tiny_run, tmp_path):
     (tmp_path / "more_rounds.yaml").write_text(yaml.safe_dump(changed))
     result = snakemake("-n", "--configfile", "config.yaml", str(tmp_path / "more_rounds.yaml"), "--config",
                        f"data_dir={tmp_path / 'moved'}", cwd=tiny_run)
-    assert re.search(rf"\ncell\s+{TINY_CELLS}\n", result.stdout) and not re.search(r"\npretrain\s", result.stdout)
+    assert planned(result.stdout, "cell") == TINY_CELLS and planned(result.stdout, "pretrain") == 0
 
 
 def bad_grid(**changes):
@@ -206,7 +225,7 @@ def bad_grid(**changes):
     return {"grid": [{**row, **changes}]}
 
 
-@pytest.mark.parametrize("change,message", [
+BAD_CONFIGS = [
     ({"run": {"rounds": -1}}, "rounds: got -1; allowed: a number >= 1"),
     (bad_grid(dataset="mnist"), "dataset: got 'mnist'"),
     (bad_grid(methods=["fedavg"]), "method: got 'fedavg'"),
@@ -217,10 +236,28 @@ def bad_grid(**changes):
     ({"run": {"match_sample": 5}}, "run.match_sample: got 5; allowed: keys of `python -m dimat_bench run --help`"),
     (bad_grid(split=["iid", "nonid"]), "split: got 'nonid'"),
     ({"only": {"methods": ["wa"]}}, "only: got 'methods'; allowed: cell keys: dataset, model"),
-])
-def test_bad_configs_fail_at_validation_before_any_job(change, message, tmp_path):
+]
+
+
+def bad_config(change, tmp_path) -> Path:
     config = {**yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text()), **change}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "config.yaml"
+
+
+@pytest.mark.parametrize("change,message", BAD_CONFIGS)
+def test_bad_configs_fail_the_pipelines_checks(change, message, tmp_path):
+    """What the Snakefile checks before any job (the schema, then every cell: workflow/rules/common.smk),
+    as `python -m dimat_bench plan` runs it in-process."""
+    with pytest.raises(ConfigError) as error:
+        grid.plan(bad_config(change, tmp_path))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("change,message", [BAD_CONFIGS[4], BAD_CONFIGS[7]], ids=["schema", "cells"])
+def test_snakemake_stops_a_bad_config_at_validation_before_any_job(change, message, tmp_path):
+    """The Snakefile runs those checks itself: one the schema rejects, one only the cells' check does."""
+    bad_config(change, tmp_path)
     result = snakemake("-n", "--configfile", "config.yaml", cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
