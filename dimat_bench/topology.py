@@ -22,6 +22,14 @@ WEIGHTS: Registry[WeightFn] = Registry("mixing")
 ROW_SUM_TOL = 1e-9
 
 
+def neighbours(matrix: np.ndarray, agent: int) -> np.ndarray:
+    """Agents other than `agent` whose models `agent` takes a share of under mixing matrix
+    `matrix` (Π_ij > 0, j != i), in order."""
+    row = np.asarray(matrix)[agent] > 0
+    row[agent] = False
+    return np.flatnonzero(row)
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -35,9 +43,7 @@ class Topology:
 
     def neighbours(self, agent: int) -> np.ndarray:
         """Agents other than `agent` whose models `agent` takes a share of (Π_ij > 0, j != i)."""
-        row = self.mixing_matrix[agent] > 0
-        row[agent] = False
-        return np.flatnonzero(row)
+        return neighbours(self.mixing_matrix, agent)
 
     @property
     def spectral_gap(self) -> float:

@@ -20,6 +20,7 @@ from ..matching import (
 )
 from ..permutation import FeatureExtractor, permutation_spec
 from ..population import derive_seed
+from ..topology import neighbours as graph_neighbours
 from .base import Method, MethodOptions, out_degrees, register
 
 # The authors' code: match on the whole (augmented) training set, BN momentum left cumulative after a
@@ -203,7 +204,7 @@ class DIMAT(MergeMethod):
     def round_images(cls, matrix, options, train_images, shard_images):
         images = super().round_images(matrix, options, train_images, shard_images)
         anchors = cls.merging_agents(matrix, options)
-        neighbours = {i: [j for j in np.flatnonzero(matrix[i] > 0) if j != i] for i in anchors}
+        neighbours = {i: graph_neighbours(matrix, i) for i in anchors}
         per_agent = {i: cls.match_images(options, i, train_images, shard_images) for i in anchors}
         if cls.shared_pass and options.match_data == "global":
             models = set(anchors) | {j for js in neighbours.values() for j in js}
