@@ -64,6 +64,7 @@ GRAPH = "tests/test_methods.py::test_each_exchange_sends_what_the_graph_says"
 CURVES = "tests/test_figures.py::test_accuracy_curves_are_the_means_over_agents_and_seeds_at_each_point"
 COMM_FIGURE = "tests/test_figures.py::test_the_communication_figure_draws_the_tables_values"
 SHARED_PASS = "tests/test_speed_paths.py::test_the_shared_pass_merges_as_the_per_agent_path_with_one_pass_per_model"
+CHUNKS = "tests/test_speed_paths.py::test_a_matching_memory_cap_streams_each_batch_in_chunks_and_finds_the_same_permutations"
 DECLARED = "tests/test_estimate.py::test_a_methods_declared_images_are_what_its_merge_runs"
 
 MERGE_PY, MATCHING_PY = "dimat_bench/methods/merge.py", "dimat_bench/matching.py"
@@ -167,6 +168,9 @@ MUTANTS: list[Mutant] = [
     Mutant("estimate: the per-agent path's anchor pass not counted", MERGE_PY,
            "matching = sum((1 + len(neighbours[i])) * per_agent[i] for i in anchors)",
            "matching = sum(len(neighbours[i]) * per_agent[i] for i in anchors)", (f"{DECLARED}[False-ring]",)),
+    Mutant("matching memory cap: a batch's last chunk dropped", MATCHING_PY,
+           "for part in images.split(chunk) if chunk else (images,):",
+           "for part in images.split(chunk)[:-1] if chunk else (images,):", (CHUNKS,)),
 ]
 
 

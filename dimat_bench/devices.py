@@ -36,6 +36,28 @@ def gpu_slots() -> int:
     return int(value)
 
 
+def matching_memory(device: torch.device) -> int | None:
+    """Bytes of feature maps an activation matching may hold at once (all models' features for one
+    batch): `DIMAT_BENCH_MATCH_MEMORY` when set; on a GPU, half its free memory now, shared among
+    the `gpu_slots` jobs on it; on a CPU, no cap (its matching batches are 100 images)."""
+    value = os.environ.get("DIMAT_BENCH_MATCH_MEMORY")
+    if value is not None:
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError("DIMAT_BENCH_MATCH_MEMORY", value, "a whole number of bytes >= 1")
+        return int(value)
+    if torch.device(device).type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free // (2 * gpu_slots())
+
+
+def check_environment(device: torch.device) -> None:
+    """Read the engine's environment variables now, so that a bad one stops a job before any compute
+    (also where, like `DIMAT_BENCH_GPU_SLOTS` on a CPU, it would not be used)."""
+    gpu_slots()
+    matching_memory(device)
+
+
 def acquire_slot(count: int, directory: Path | None = None, slots: int = 1) -> int | None:
     """The GPU (of `count`) of the first of `slots` × `count` slots no other process holds (now held
     by this one), or None. Slot 0 of every GPU comes before slot 1 of any, so jobs spread out."""

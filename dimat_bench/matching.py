@@ -134,23 +134,41 @@ def exact_statistics(device: torch.device) -> Iterator[None]:
 
 
 @torch.inference_mode()
+def images_within(memory: int, extractor: FeatureExtractor, image: torch.Tensor, models: int,
+                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> int:
+    """How many images' feature maps `models` models can hold within `memory` bytes (at least 1):
+    each map as the forward leaves it plus its centred float32 samples, measured on one image."""
+    with forward_context():
+        features = extractor(image)[1]
+    per_image = sum(f.numel() * (f.element_size() + 4) for f in features) // len(image)
+    return max(1, memory // (models * per_image))
+
+
+@torch.inference_mode()
 def edge_permutations(extractors: Sequence[FeatureExtractor], edges: Sequence[tuple[int, int]],
                       batches: Iterable[torch.Tensor], spec: PermutationSpec,
                       forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
-                      ) -> dict[tuple[int, int], list[torch.Tensor]]:
+                      memory: int | None = None) -> dict[tuple[int, int], list[torch.Tensor]]:
     """For each edge (i, j), one permutation per group aligning model j's channels to model i's: the
     linear assignment maximising the total Pearson correlation of their features on `batches`.
     Every model on an edge runs once per batch and its features serve all of its edges, so a round
     of N agents matching on the same images costs N forward passes, not N·(degree + 1). Forward
-    passes run in `forward_context` (e.g. bf16 autocast); the statistics in fp32/fp64."""
+    passes run in `forward_context` (e.g. bf16 autocast); the statistics in fp32/fp64. With
+    `memory` (bytes), a batch goes through in chunks whose features, for every model at once, fit
+    in it (the statistics stream, so the result is the same up to float rounding)."""
     if not edges:
         return {}
     stats = EdgeStatistics(edges)
+    chunk = None
     for images in batches:
-        with forward_context():
-            features = {k: extractors[k](images)[1] for k in stats.models}
-        with exact_statistics(images.device):
-            stats.update(features)
+        if memory is not None and chunk is None:
+            chunk = images_within(memory, extractors[stats.models[0]], images[:1], len(stats.models),
+                                  forward_context)
+        for part in images.split(chunk) if chunk else (images,):
+            with forward_context():
+                features = {k: extractors[k](part)[1] for k in stats.models}
+            with exact_statistics(part.device):
+                stats.update(features)
     if not stats.moments:
         raise ValueError("activation matching needs at least one batch of data")
     return {edge: [assignment(stats.correlation(edge, g)) for g in range(len(spec.groups))] for edge in edges}
@@ -159,11 +177,11 @@ def edge_permutations(extractors: Sequence[FeatureExtractor], edges: Sequence[tu
 def activation_permutations(anchor: FeatureExtractor, others: Sequence[FeatureExtractor],
                             batches: Iterable[torch.Tensor], spec: PermutationSpec,
                             forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
-                            ) -> list[list[torch.Tensor]]:
+                            memory: int | None = None) -> list[list[torch.Tensor]]:
     """For each model in `others`, its permutations aligning it to `anchor` (`edge_permutations` with
     the anchor's features computed once per batch and shared by all others)."""
     perms = edge_permutations([anchor, *others], [(0, k) for k in range(1, len(others) + 1)], batches, spec,
-                              forward_context)
+                              forward_context, memory)
     return [perms[(0, k)] for k in range(1, len(others) + 1)]
 
 

@@ -18,7 +18,7 @@ import torch
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, save_agents
 from .data import DataConfig, balanced_subset, device_datasets, load_dataset
-from .devices import PRECISIONS, allow_tf32, check_device, resolve_device, resolve_precision
+from .devices import PRECISIONS, allow_tf32, check_device, check_environment, resolve_device, resolve_precision
 from .models import check_model_name, create_model
 from .population import OPTIMIZERS, OptimizerSpec, Population, derive_seed
 from .registry import ConfigError
@@ -98,6 +98,7 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
     with StagedDirectory(out, force=force) as workdir:
         device = resolve_device(config.device)
         precision = resolve_precision(config.precision, device)
+        check_environment(device)
         allow_tf32(device)
         dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
         info = dataset.info

@@ -22,7 +22,7 @@ import numpy as np
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, CheckpointError, load_agents, save_agents
 from .data import ArrayDataset, DataError, balanced_subset, device_datasets, load_dataset
-from .devices import PRECISIONS, allow_tf32, check_device, resolve_device, resolve_precision
+from .devices import PRECISIONS, allow_tf32, check_device, check_environment, resolve_device, resolve_precision
 from .methods import METHODS, Method, MethodContext, MethodOptions, create_method
 from .population import Population
 from .registry import ConfigError, Diverged, did_you_mean
@@ -221,6 +221,7 @@ def build_cell(config: CellConfig) -> Cell:
     pre = ckpt.meta["config"]
     device = resolve_device(run.device)
     precision = resolve_precision(run.precision, device)
+    check_environment(device)
     allow_tf32(device)
     topology = create_topology(run.topology, len(ckpt.states), run.mixing, **run.topology_options())
     dataset = load_dataset(pre["dataset"], run.data_dir or pre["data_dir"], download=pre.get("download", True))

@@ -87,6 +87,16 @@ def realistic_model(name, width, batches):
     return model.eval()
 
 
+def permuted_copies(base, spec, n):
+    """n models: `base` with a different random channel permutation each."""
+    states = [spec.apply(base.state_dict(), random_permutations(spec, seed=k + 1)) for k in range(n)]
+    models = []
+    for state in states:
+        models.append(create_model("resnet20", 10))
+        models[-1].load_state_dict(state)
+    return models, states
+
+
 def method_for(name, population, topology, seed=0, **options):
     """Method `name` on `population`, its options built by field name: its defaults, `options`, and
     100 matching images where it takes them and they are not fixed."""
@@ -97,4 +107,4 @@ def method_for(name, population, topology, seed=0, **options):
 
 
 __all__ = ["ROOT", "make_population", "states_equal", "assert_states_close", "flat_floats", "scramble_batchnorm",
-           "real_batches", "random_permutations", "eval_images", "realistic_model", "method_for"]
+           "real_batches", "random_permutations", "permuted_copies", "eval_images", "realistic_model", "method_for"]

@@ -314,6 +314,18 @@ def test_an_output_under_a_file(pre, tmp_path, capsys, no_compute):
                          "is a file")
 
 
+@pytest.mark.parametrize("variable,value", [("DIMAT_BENCH_MATCH_MEMORY", "4 GB"), ("DIMAT_BENCH_GPU_SLOTS", "0")])
+def test_a_bad_engine_environment_variable_stops_a_job_before_compute(pre, data_dir, tmp_path, capsys, no_compute,
+                                                                     monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    out = tmp_path / "cell"
+    assert_clean_failure(capsys, ["run", "--pretrained", pre, "--method", "dimat", "--device", "auto", "--out", out],
+                         f"{variable}: got '{value}'", out)
+    out = tmp_path / "pre"
+    assert_clean_failure(capsys, ["pretrain", "--data-dir", data_dir, "--agents", "2", "--out", out],
+                         f"{variable}: got '{value}'", out)
+
+
 def test_the_data_command_replaces_only_a_manifest(data_dir, tmp_path, capsys):
     mine = tmp_path / "notes.json"
     mine.write_text('{"mine": true}')

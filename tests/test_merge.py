@@ -15,6 +15,7 @@ from helpers import (
     flat_floats,
     make_population,
     method_for,
+    permuted_copies,
     random_permutations,
     realistic_model,
     scramble_batchnorm,
@@ -132,16 +133,6 @@ def test_weight_averaging_gives_agent_i_row_i_of_the_mixing_matrix_over_stale_ba
     expected = torch.as_tensor(matrix) @ torch.stack([flat_floats(s) for s in before])  # row i: Σ_j Π_ij θ_j
     torch.testing.assert_close(torch.stack([flat_floats(s) for s in after]), expected, rtol=1e-6, atol=1e-6)
     assert [s["bn1.num_batches_tracked"].item() for s in after] == [10 + i for i in range(len(matrix))]
-
-
-def permuted_copies(base, spec, n):
-    """n models: `base` with a different random channel permutation each."""
-    states = [spec.apply(base.state_dict(), random_permutations(spec, seed=k + 1)) for k in range(n)]
-    models = []
-    for state in states:
-        models.append(create_model("resnet20", 10))
-        models[-1].load_state_dict(state)
-    return models, states
 
 
 @pytest.mark.parametrize("match_data", ["global", "local"])

@@ -7,7 +7,15 @@ import json
 
 import pytest
 import torch
-from helpers import eval_images, make_population, method_for, random_permutations, realistic_model, states_equal
+from helpers import (
+    eval_images,
+    make_population,
+    method_for,
+    permuted_copies,
+    random_permutations,
+    realistic_model,
+    states_equal,
+)
 
 from dimat_bench import devices
 from dimat_bench.cli import main
@@ -173,3 +181,76 @@ def test_a_bf16_cell_runs_and_records_its_precision(pretrained5, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["precision"] == "bf16" and meta["config"]["precision"] == "bf16" and meta["status"] == "complete"
     assert json.loads((pretrained5 / "meta.json").read_text())["precision"] == "fp32"
+
+
+def noisy_permuted_copies(batches, n=5, noise=1e-2):
+    """n channel-permuted copies of one model with real BatchNorm statistics, each weight then
+    moved by its own noise: matching them has one clear optimum, and their merge is none of them."""
+    base = realistic_model("resnet20", 1, batches)
+    models, _ = permuted_copies(base, permutation_spec(base), n)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for model in models:
+            for p in model.parameters():
+                p.add_(noise * p.std() * torch.randn(p.shape, generator=generator))
+    return [m.eval() for m in models]
+
+
+def test_a_matching_memory_cap_streams_each_batch_in_chunks_and_finds_the_same_permutations(batches):
+    """Every model's features for a chunk within the cap: a cap of 7 images' worth, from a hand count
+    of one image's feature maps (fp32 as the forward leaves them plus centred fp32 samples: 8 bytes a
+    number, 5 models), cuts each 50-image batch into 7 chunks of 7 and one of 1; model 0 first runs
+    one image to measure. The statistics differ from the uncapped ones by float rounding only, so
+    the permutations (one clear optimum each, not identities) are the same."""
+    models = noisy_permuted_copies(batches)
+    spec = permutation_spec(models[0])
+    extractors = [FeatureExtractor(m, spec) for m in models]
+    edges = EDGES + [(j, i) for i, j in EDGES]
+    uncapped = edge_permutations(extractors, edges, batches[:2], spec)
+    with torch.no_grad():
+        per_image = 8 * sum(f[0].numel() for f in extractors[0](batches[0][:1])[1])
+    sizes = [[] for _ in models]
+    for k, model in enumerate(models):
+        model.conv1.register_forward_hook(lambda module, args, output, k=k: sizes[k].append(len(args[0])))
+    capped = edge_permutations(extractors, edges, batches[:2], spec, memory=5 * 7 * per_image + per_image - 1)
+    assert sizes[0] == [1] + ([7] * 7 + [1]) * 2 and all(s == ([7] * 7 + [1]) * 2 for s in sizes[1:])
+    assert sorted(capped) == sorted(uncapped)
+    assert all(torch.equal(a, b) for edge in edges for a, b in zip(capped[edge], uncapped[edge]))
+    assert not torch.equal(capped[(0, 1)][0], torch.arange(len(capped[(0, 1)][0])))
+
+
+@pytest.mark.parametrize("match_data", ["global", "local"])
+def test_dimat_under_a_matching_memory_cap_merges_as_without_one(cifar10, batches, monkeypatch, match_data):
+    """`DIMAT_BENCH_MATCH_MEMORY` (here 1 byte: one image at a time) on the shared pass and on the
+    per-agent path: the same merge, every matching image still seen once per pass."""
+    graph = create_topology("edges", 5, "uniform", edges=EDGES)
+    results, images = [], []
+    for cap in (None, "1"):
+        if cap:
+            monkeypatch.setenv("DIMAT_BENCH_MATCH_MEMORY", cap)
+        population, _ = make_population(cifar10, n_agents=5, models=noisy_permuted_copies(batches))
+        method = method_for("dimat", population, graph, match_data=match_data, match_samples=20, bn_reset=False)
+        seen = count_images(population.models)
+        method.communicate(1)
+        results.append(population.state_dicts())
+        images.append(seen)
+    assert all(states_equal(a, b) for a, b in zip(*results))
+    assert not states_equal(results[0][0], results[0][1], atol=1e-3)  # the agents did merge, differently
+    if match_data == "global":  # one pass; model 0 measures on one image first
+        assert images == [[20] * 5, [21] + [20] * 4]
+    else:  # each agent anchors its own matching (measuring on one image) and is aligned by its neighbours
+        assert images[1] == [n + 1 for n in images[0]]
+
+
+@pytest.mark.parametrize("value", ["0", "1e9", "-5", "4 GB"])
+def test_a_bad_matching_memory_cap_is_named(monkeypatch, value):
+    monkeypatch.setenv("DIMAT_BENCH_MATCH_MEMORY", value)
+    with pytest.raises(ConfigError, match="DIMAT_BENCH_MATCH_MEMORY: got"):
+        devices.matching_memory(torch.device("cpu"))
+
+
+def test_matching_memory_is_uncapped_on_a_cpu_unless_set(monkeypatch):
+    monkeypatch.delenv("DIMAT_BENCH_MATCH_MEMORY", raising=False)
+    assert devices.matching_memory(torch.device("cpu")) is None
+    monkeypatch.setenv("DIMAT_BENCH_MATCH_MEMORY", "4096")
+    assert devices.matching_memory(torch.device("cpu")) == 4096

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import config as cfg
-from ..devices import inference_batch_size
+from ..devices import inference_batch_size, matching_memory
 from ..matching import (
     activation_permutations,
     batchnorm_layers,
@@ -221,7 +221,7 @@ class DIMAT(MergeMethod):
             model.eval()
         edges = [(i, j) for i, neighbours in neighbourhoods.items() for j in neighbours]
         perms = edge_permutations(self.extractors, edges, self.matching_batches(0, round_index), self.spec,
-                                  self.population.autocast)
+                                  self.population.autocast, matching_memory(self.population.device))
         return {i: [self.spec.apply(states[j], perms[(i, j)]) for j in neighbours]
                 for i, neighbours in neighbourhoods.items()}
 
@@ -230,7 +230,7 @@ class DIMAT(MergeMethod):
             model.eval()
         perms = activation_permutations(self.extractors[agent], [self.extractors[j] for j in neighbours],
                                         self.matching_batches(agent, round_index), self.spec,
-                                        self.population.autocast)
+                                        self.population.autocast, matching_memory(self.population.device))
         return [self.spec.apply(states[j], p) for j, p in zip(neighbours, perms)]
 
 
