@@ -39,16 +39,19 @@ def test_images_per_phase_are_the_hand_counts(jobs):
     # 3 epochs of 400 images; evaluated after epochs 2 and 3, 4 agents × 60 test images.
     assert pretraining.images == {"train": 1200, "evaluate": 2 * 4 * 60}
     train, merge_eval, other_eval = 4 * 2 * 400, (1 + 4 * 2) * 4 * 60, (1 + 4) * 4 * 60
-    # dimat (global, shared pass) on a 4-ring: 4 models once per round, 8 edges, 4 BN resets.
+    # dimat (global, shared pass) on a 4-ring, over 4 rounds: 4 models reset and matched once a round,
+    # 8 edges, then 4 BN resets after the merges.
     assert cell(jobs, "iid", "ring", "dimat") == {"train": train, "evaluate": merge_eval, "matching": 4 * 4 * 30,
-                                                   "correlation": 4 * 8 * 30, "bn_reset": 4 * 4 * 30}
-    # dimat under fc: the authors' shortcut, agent 0 aligns 3 neighbours and alone resets.
+                                                   "correlation": 4 * 8 * 30, "bn_reset": 4 * 4 * 30 + 4 * 4 * 30}
+    # dimat under fc: the authors' shortcut, agent 0 aligns 3 neighbours (4 models reset and matched)
+    # and alone resets after the merge.
     assert cell(jobs, "noniid", "fc", "dimat") == {"train": train, "evaluate": merge_eval, "matching": 4 * 4 * 30,
-                                                    "correlation": 4 * 3 * 30, "bn_reset": 4 * 30}
-    # dimat_local on a ring: each agent with its 2 neighbours on its own 30 images.
+                                                    "correlation": 4 * 3 * 30, "bn_reset": 4 * 4 * 30 + 4 * 30}
+    # dimat_local on a ring: each agent resets and matches itself and its 2 neighbours on its own 30
+    # images, then resets its merge.
     assert cell(jobs, "iid", "ring", "dimat_local") == {"train": train, "evaluate": merge_eval,
                                                          "matching": 4 * 4 * 3 * 30, "correlation": 4 * 8 * 30,
-                                                         "bn_reset": 4 * 4 * 30}
+                                                         "bn_reset": 4 * 4 * 3 * 30 + 4 * 4 * 30}
     assert cell(jobs, "iid", "fc", "wa") == {"train": train, "evaluate": merge_eval}
     assert cell(jobs, "iid", "ring", "sgp") == {"train": train, "evaluate": other_eval}
 

@@ -30,7 +30,18 @@ from dimat_bench.permutation import FeatureExtractor, permutation_spec
 from dimat_bench.topology import Topology, create_topology, validate_mixing_matrix
 
 
+def freshly_reset(model, batches):
+    """A copy of `model` with its BatchNorm statistics recomputed on `batches` (the reference for
+    the reset before matching)."""
+    fresh = copy.deepcopy(model)
+    reset_batchnorm(fresh, batches)
+    return fresh.eval()
+
+
 def test_dimat_method_merges_an_agent_with_its_permuted_copy_exactly(cifar10, batches):
+    """The copy carries the same statistics, so only the function can tell: after the reset before
+    matching (on 100 augmented training images, not the 200 the statistics came from) both agents
+    compute what the model computes with its statistics recomputed on those images."""
     model = realistic_model("resnet20", 1, batches)
     spec = permutation_spec(model)
     copy = create_model("resnet20", 10)
@@ -39,7 +50,9 @@ def test_dimat_method_merges_an_agent_with_its_permuted_copy_exactly(cifar10, ba
     method = method_for("dimat", population, create_topology("fc", 2), bn_reset=False)
     x = eval_images(cifar10)
     with torch.no_grad():
-        expected = model.eval()(x).clone()
+        stale = model.eval()(x).clone()
+        expected = freshly_reset(model, method.matching_batches(0, 1))(x)
+    assert ((stale - expected).norm() / expected.norm()).item() > 1e-2  # the reset changes the function
     method.communicate(1)
     for merged in population.models:
         with torch.no_grad():
@@ -148,9 +161,11 @@ def test_dimat_gives_every_agent_back_its_own_model_when_all_are_permuted_copies
     topology = create_topology("edges", 5, "uniform", edges=DENSE)
     assert min(len(topology.neighbours(i)) for i in range(5)) == 3
     method = method_for("dimat", population, topology, match_data=match_data, match_samples=20, bn_reset=False)
+    # what each agent must get back: its own weights, with its statistics recomputed on its matching images
+    expected = [freshly_reset(models[i], method.matching_batches(i, 1)).state_dict() for i in range(5)]
     method.communicate(1)
     for i, state in enumerate(population.state_dicts()):
-        assert_states_close(state, states[i], tol=1e-5)
+        assert_states_close(state, expected[i], tol=1e-5)
 
 
 def unequal_topology():
@@ -158,42 +173,95 @@ def unequal_topology():
     return Topology("full", "unequal", np.ones((4, 4), dtype=bool), UNEQUAL)
 
 
-def hand_dimat_merge(method, before, round_index):
-    """Σ_j Π_ij spec.apply(θ_j, perms_ij), each pair matched on its own by activation_permutations
-    on agent i's matching images, in float64. Returns the merges and the permutations."""
-    models = [m.eval() for m in method.population.models]
+def hand_dimat_merge(method, round_index, reset_first=True):
+    """The authors' merge by hand, agent by agent on copies of the agents' models: for agent i,
+    recompute the statistics of every model on i's matching images (`reset_first`), match each
+    neighbour to i on them with activation_permutations, and take Σ_j Π_ij spec.apply(θ_j, perms_ij)
+    in float64 over the states with those statistics. Returns the merges and the permutations."""
+    models = [copy.deepcopy(m) for m in method.population.models]
     spec = permutation_spec(models[0])
     extractors = [FeatureExtractor(m, spec) for m in models]
     merged, perms = [], {}
     for i in range(len(models)):
         images = list(method.matching_batches(i, round_index))
+        if reset_first:
+            for model in models:
+                reset_batchnorm(model, images)
+        for model in models:
+            model.eval()
+        states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
         aligned = []
         for j in range(len(models)):
             if j != i:
                 [perms[i, j]] = activation_permutations(extractors[i], [extractors[j]], images, spec)
-            aligned.append(before[i] if j == i else spec.apply(before[j], perms[i, j]))
+            aligned.append(states[i] if j == i else spec.apply(states[j], perms[i, j]))
         merged.append(hand_weighted_sum(aligned, UNEQUAL[i]))
     return merged, perms
 
 
-@pytest.mark.parametrize("match_data", ["global", "local"])
-def test_dimat_merge_is_the_weighted_sum_of_each_neighbour_aligned_by_its_own_matching(match_data, cifar10):
-    """Distinct agents, unequal weights, 3 neighbours each; global runs the shared matching pass,
-    local the per-agent one, each on agent i's own matching images."""
+def stale_population(cifar10):
+    """4 distinct agents whose BatchNorm statistics are stale (random, 7 batches tracked)."""
     population, _ = make_population(cifar10, n_agents=4)
     for k, model in enumerate(population.models):
         scramble_batchnorm(model, seed=k)
+    return population
+
+
+@pytest.mark.parametrize("match_data", ["global", "local"])
+def test_dimat_merge_is_the_weighted_sum_of_each_neighbour_aligned_by_its_own_matching(match_data, cifar10):
+    """Stale statistics, unequal weights, 3 neighbours each; global runs the shared matching pass,
+    local the per-agent one. The merge must be the authors': every model's statistics recomputed
+    on agent i's matching images first, then matching and the weighted sum, permutations included
+    (the buffers too: no reset after this merge)."""
+    population = stale_population(cifar10)
     method = method_for("dimat", population, unequal_topology(), match_data=match_data, match_samples=20,
                         bn_reset=False)
-    before = population.state_dicts()
-    expected, perms = hand_dimat_merge(method, before, 1)
-    # not vacuous: each neighbour of agent 0 needs its own, non-identity permutation
+    method.match_batch_size = 10
+    expected, perms = hand_dimat_merge(method, 1)
+    # not vacuous: each neighbour of agent 0 needs its own, non-identity permutation, and matching on
+    # the stale statistics would pick other permutations
     assert not any(torch.equal(p, torch.arange(len(p))) for p in perms[0, 1])
     assert not all(torch.equal(a, b) for a, b in zip(perms[0, 1], perms[0, 2]))
+    _, stale = hand_dimat_merge(method, 1, reset_first=False)
+    assert sum(not torch.equal(a, b) for edge in perms for a, b in zip(perms[edge], stale[edge])) >= 12
     method.communicate(1)
     for i, state in enumerate(population.state_dicts()):
         torch.testing.assert_close(flat_floats(state), expected[i], rtol=1e-5, atol=1e-5)
-        assert state["bn1.num_batches_tracked"].item() == 7
+        assert state["bn1.num_batches_tracked"].item() == 2  # agent i's own, from the 2 batches of its reset
+
+
+@pytest.mark.parametrize("match_data", ["global", "local"])
+def test_dimat_matches_features_normalised_by_statistics_recomputed_on_the_matching_images(match_data, cifar10):
+    """Every feature map the matching reads, of every model on every batch, is the one the model
+    gives with its statistics recomputed on the images of the agent that is matching, not with its
+    stale ones."""
+    population = stale_population(cifar10)
+    method = method_for("dimat", population, create_topology("ring", 4), match_data=match_data, match_samples=20,
+                        fc_merge_once=False)
+    method.match_batch_size = 10
+    batches = {i: list(method.matching_batches(i, 1)) for i in range(4)}
+    fresh = {i: [FeatureExtractor(freshly_reset(m, batches[i]), method.spec) for m in population.models]
+             for i in range(4)}
+    stale = [FeatureExtractor(copy.deepcopy(m).eval(), method.spec) for m in population.models]
+    calls = []
+
+    def recording(k, extractor):
+        def forward(x):
+            out = extractor(x)
+            calls.append((k, x.clone(), [f.clone() for f in out[1]]))
+            return out
+        return forward
+
+    method.extractors = [recording(k, e) for k, e in enumerate(method.extractors)]
+    method.communicate(1)
+    readers = [0] if match_data == "global" else range(4)  # global: one draw, agent 0's stream
+    assert len(calls) == (4 if match_data == "global" else 4 * 3) * 2  # every model (and anchor) per batch
+    with torch.no_grad():
+        for k, x, features in calls:
+            [i] = [i for i in readers if any(torch.equal(x, b) for b in batches[i])]  # whose images
+            want = fresh[i][k](x)[1]
+            assert all(torch.allclose(f, w, rtol=1e-5, atol=1e-5) for f, w in zip(features, want)), (k, i)
+            assert not torch.allclose(features[0], stale[k](x)[1][0], atol=1e-2)
 
 
 # --- the BatchNorm reset after a merge ---------------------------------------------------------

@@ -72,10 +72,11 @@ def test_the_shared_pass_merges_as_the_per_agent_path_with_one_pass_per_model(ci
         results.append(population.state_dicts())
         images.append(seen)
     assert all(states_equal(a, b) for a, b in zip(*results))
-    # Matching: every model once (shared), or once as an anchor and once for each agent that aligns
-    # it (the graph is undirected: its degree); then every agent's BN reset.
-    assert images[0] == [60 + 60] * 5
-    assert images[1] == [60 * (1 + degrees[i]) + 60 for i in range(5)]
+    # The reset before matching and the matching: every model once each (shared), or, each time, once
+    # for its own agent and once for each agent that aligns it (the graph is undirected: its degree);
+    # then every agent's BN reset after its merge.
+    assert images[0] == [60 + 60 + 60] * 5
+    assert images[1] == [2 * 60 * (1 + degrees[i]) + 60 for i in range(5)]
 
 
 def test_global_matching_draws_one_sample_per_round_for_everyone_and_local_one_per_agent(cifar10):
@@ -107,7 +108,9 @@ def test_bf16_autocast_runs_the_forwards_in_bf16_and_the_merge_still_undoes_a_pe
     with torch.no_grad():
         expected = model.eval()(x).clone()
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    method_for("dimat", population, create_topology("fc", 2), bn_reset=False).communicate(1)
+    # no BN reset at all (not before matching either), so the statistics stay the model's and the
+    # merged state can be compared with it entry by entry
+    method_for("dimat", population, create_topology("fc", 2), bn_reset=False, bn_reset_before_match=False).communicate(1)
     assert dtypes == {torch.bfloat16}, "the matching forwards ran in bf16"
     for merged in population.models:
         assert states_equal(merged.state_dict(), original, atol=1e-6)
@@ -236,8 +239,8 @@ def test_dimat_under_a_matching_memory_cap_merges_as_without_one(cifar10, batche
         images.append(seen)
     assert all(states_equal(a, b) for a, b in zip(*results))
     assert not states_equal(results[0][0], results[0][1], atol=1e-3)  # the agents did merge, differently
-    if match_data == "global":  # one pass; model 0 measures on one image first
-        assert images == [[20] * 5, [21] + [20] * 4]
+    if match_data == "global":  # one reset and one matching pass; model 0 measures on one image first
+        assert images == [[40] * 5, [41] + [40] * 4]
     else:  # each agent anchors its own matching (measuring on one image) and is aligned by its neighbours
         assert images[1] == [n + 1 for n in images[0]]
 

@@ -24,7 +24,9 @@ from ..topology import neighbours as graph_neighbours
 from .base import Method, MethodOptions, out_degrees, register
 
 # The authors' code: match on the whole (augmented) training set, BN momentum left cumulative after a
-# merge, and under fc only agent 0 merges while every agent receives its result.
+# merge, and under fc only agent 0 merges while every agent receives its result. (Their DIMAT also
+# recomputes the BatchNorm statistics of every model in a merge before matching: an option of DIMAT,
+# `bn_reset_before_match`, on by default, since it is what makes matching read fresh statistics.)
 OFFICIAL = {"match_data": "global", "match_samples": None, "match_augment": True, "bn_momentum_cumulative": True,
             "fc_merge_once": True}
 PRESETS = {"official": OFFICIAL}
@@ -63,6 +65,8 @@ class DimatOptions(MergeOptions):
     bn_momentum_cumulative: bool = cfg.redefault(MergeOptions, "bn_momentum_cumulative",
                                                  OFFICIAL["bn_momentum_cumulative"])
     fc_merge_once: bool = cfg.redefault(MergeOptions, "fc_merge_once", OFFICIAL["fc_merge_once"])
+    bn_reset_before_match: bool = cfg.option(True, "recompute the BatchNorm statistics of every model in a merge on "
+                                                   "the matching data before matching (the authors' code)")
 
 
 @dataclass(frozen=True)
@@ -122,12 +126,13 @@ class MergeMethod(Method):
                                 for i in cls.merging_agents(matrix, options))}
 
     def align(self, agent: int, neighbours: list[int], states: list[dict], round_index: int) -> list[dict]:
-        """Neighbours' states aligned to `agent` (identity here: plain weight averaging)."""
-        return [states[j] for j in neighbours]
+        """The states agent `agent` merges: its own, then each neighbour's aligned to it (identity
+        here: plain weight averaging)."""
+        return [states[agent]] + [states[j] for j in neighbours]
 
     def align_all(self, neighbourhoods: dict[int, list[int]], states: list[dict], round_index: int) -> dict[int, list[dict]]:
-        """For every merging agent i, its neighbours' states aligned to i: `align` agent by agent
-        (a method that can share work across agents overrides this)."""
+        """For every merging agent i, the states it merges (its own first, then its neighbours' aligned
+        to it): `align` agent by agent (a method that can share work across agents overrides this)."""
         return {i: self.align(i, neighbours, states, round_index) for i, neighbours in neighbourhoods.items()}
 
     def matching_batches(self, agent: int, round_index: int) -> Iterator[torch.Tensor]:
@@ -158,9 +163,9 @@ class MergeMethod(Method):
                               for i in self.merging_agents(matrix, self.options)}
             aligned = self.align_all(neighbourhoods, states, round_index)
             merged = {}
-            for i, neighbours in aligned.items():
+            for i, merging in aligned.items():
                 weights = [matrix[i, i]] + [matrix[i, j] for j in neighbourhoods[i]]
-                merged[i] = weighted_sum([states[i]] + neighbours, weights)
+                merged[i] = weighted_sum(merging, weights)
             if merge_once:  # the authors' fc shortcut: agent 0 merges, everyone receives its result
                 population.load_state_dicts([merged[0]] * population.n_agents)
             else:
@@ -187,9 +192,12 @@ class WeightAveraging(MergeMethod):
 @register("dimat")
 class DIMAT(MergeMethod):
     """DIMAT: each neighbour aligned to agent i by activation matching on i's matching data. With
-    `match_data: global` every agent matches on the same images, so one pass of every model over
-    them serves every edge (`shared_pass`; False runs agent by agent, for comparison: the same
-    permutations at N·(degree + 1) forward passes instead of N)."""
+    `bn_reset_before_match` (the authors' code) the BatchNorm statistics of agent i's model and of
+    every neighbour's are first recomputed on those images, so the features matched, and the
+    buffers merged, are the ones under fresh statistics. With `match_data: global` every agent
+    matches on the same images, so one reset and one matching pass of every model over them serve
+    every edge (`shared_pass`; False runs agent by agent, for comparison: the same permutations at
+    N·(degree + 1) passes of each kind instead of N)."""
 
     Options = DimatOptions
     shared_pass = True
@@ -212,26 +220,42 @@ class DIMAT(MergeMethod):
         else:
             matching = sum((1 + len(neighbours[i])) * per_agent[i] for i in anchors)
         correlation = sum(len(neighbours[i]) * per_agent[i] for i in anchors)
+        if options.bn_reset_before_match:  # a reset pass over the same images for every matching pass
+            images["bn_reset"] = images.get("bn_reset", 0) + matching
         return {**images, "matching": matching, "correlation": correlation}
+
+    def reset_before_match(self, models: list[int], agent: int, round_index: int) -> dict[int, dict]:
+        """Recompute, in place, the BatchNorm statistics of `models` on agent `agent`'s matching
+        images (the authors' reset before matching; their momentum is restored, the reset after the
+        merge decides it) and return their states."""
+        population = self.population
+        for k in models:
+            reset_batchnorm(population.models[k], self.matching_batches(agent, round_index), False, population.autocast)
+        return {k: {key: v.detach().clone() for key, v in population.models[k].state_dict().items()} for k in models}
 
     def align_all(self, neighbourhoods, states, round_index):
         if not (self.shared_pass and self.options.match_data == "global"):
             return super().align_all(neighbourhoods, states, round_index)
+        if self.options.bn_reset_before_match:  # one reset of every model serves every edge
+            models = sorted(set(neighbourhoods) | {j for js in neighbourhoods.values() for j in js})
+            states = {**dict(enumerate(states)), **self.reset_before_match(models, 0, round_index)}
         for model in self.population.models:
             model.eval()
         edges = [(i, j) for i, neighbours in neighbourhoods.items() for j in neighbours]
         perms = edge_permutations(self.extractors, edges, self.matching_batches(0, round_index), self.spec,
                                   self.population.autocast, matching_memory(self.population.device))
-        return {i: [self.spec.apply(states[j], perms[(i, j)]) for j in neighbours]
+        return {i: [states[i]] + [self.spec.apply(states[j], perms[(i, j)]) for j in neighbours]
                 for i, neighbours in neighbourhoods.items()}
 
     def align(self, agent, neighbours, states, round_index):
+        if self.options.bn_reset_before_match:
+            states = {**dict(enumerate(states)), **self.reset_before_match([agent, *neighbours], agent, round_index)}
         for model in self.population.models:
             model.eval()
         perms = activation_permutations(self.extractors[agent], [self.extractors[j] for j in neighbours],
                                         self.matching_batches(agent, round_index), self.spec,
                                         self.population.autocast, matching_memory(self.population.device))
-        return [self.spec.apply(states[j], p) for j, p in zip(neighbours, perms)]
+        return [states[agent]] + [self.spec.apply(states[j], p) for j, p in zip(neighbours, perms)]
 
 
 @register("wm")
@@ -245,7 +269,7 @@ class WeightMatching(MergeMethod):
         self.spec = permutation_spec(self.population.models[0])
 
     def align(self, agent, neighbours, states, round_index):
-        return [self.spec.apply(states[j], weight_permutations(
+        return [states[agent]] + [self.spec.apply(states[j], weight_permutations(
                     states[agent], states[j], self.spec, self.options.wm_max_sweeps,
                     seed=derive_seed(self.seed, "wm", round_index, agent, j)))
                 for j in neighbours]

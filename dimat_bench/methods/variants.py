@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from .base import variant
 
-# Our decentralized DIMAT: matching and BatchNorm reset on the agent's own shard (no data leaves it),
-# no augmentation, BatchNorm momentum restored, every agent merging itself under fc.
+# Our decentralized DIMAT: both BatchNorm resets and the matching on the agent's own shard (no data
+# leaves it: an agent recomputes the statistics of its own model and of each model it received on its
+# own images, then matches), no augmentation, BatchNorm momentum restored, every agent merging itself
+# under fc.
 variant("dimat_local", "dimat", match_data="local", match_augment=False, bn_momentum_cumulative=False,
         fc_merge_once=False)
+# Ablations: the same merges matching on the statistics local training left behind (no reset before
+# matching; `dimat_stale` is what `dimat` computed before issue 19), so the reset's effect is measured.
+variant("dimat_stale", "dimat", bn_reset_before_match=False)
+variant("dimat_local_stale", "dimat_local", bn_reset_before_match=False)
 variant("wm_reset", "wm", bn_reset=True)  # WM with DIMAT's BatchNorm reset after the merge
