@@ -2,12 +2,16 @@
 
 With `match_data: global` every agent matches on the same images. The per-agent path runs each
 agent with its neighbours over them (N·(degree + 1) forward passes per round on a ring: 15 for 5
-agents); the shared pass runs every model once per batch and updates every edge's correlation
-statistics from those features (N passes: 5). The BatchNorm reset after the merge adds N passes to
-both. This script runs both paths from the same agents on the same round, alternating, in one
-process; it counts the forward passes (images through each model's stem, divided by the sample),
-checks the two merges are identical, and prints the median seconds per round and their ratio
-(issue 12's target on a 2-core CPU: 20 -> 10 passes, >= 1.8x).
+agents), after recomputing the BatchNorm statistics of the same models on them (the authors' reset
+before matching: another N·(degree + 1)); the shared pass resets every model once and runs it once
+per batch, updating every edge's correlation statistics from those features (N + N passes: 10). The
+BatchNorm reset after the merge adds N passes to both: 35 against 15 passes on a 5-ring, at most 3
+per model per round on the shared pass. This script runs both paths from the same agents on the
+same round, alternating, in one process; it counts the forward passes by phase (images through each
+model's stem, divided by the sample), checks them against what `DIMAT.round_images` declares (what
+`estimate` prices), checks the two merges are identical, and prints the median seconds per round
+and their ratio. `--no-reset-before-match` measures the merge without the first reset (the
+`dimat_stale` variant; issue 12's target on a 2-core CPU then: 20 -> 10 passes, >= 1.8x).
 
     python benchmarks/merge_cost.py --data-dir ../shared/data
 """
@@ -55,28 +59,62 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each path (after one warm-up)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-reset-before-match", dest="reset_before_match", action="store_false",
+                        help="match on the statistics the agents carry (dimat_stale)")
     args = parser.parse_args()
 
     population = population_of(args, args.device)
     topology = create_topology(args.topology, args.agents)
     options = METHODS.get("dimat").build_options({"match_data": "global", "match_samples": args.match_samples,
-                                                 "match_augment": True, "bn_reset": True})
+                                                 "match_augment": True, "bn_reset": True,
+                                                 "bn_reset_before_match": args.reset_before_match})
     method = create_method("dimat", MethodContext(population, topology, options, seed=0))
     start_states = population.state_dicts()
-    seen = [0]
+    phases = ("reset before matching", "matching", "reset after merge")
+    seen, phase = dict.fromkeys(phases, 0), [None]
+
+    def count(module, inputs, output):
+        # the reset before matching runs inside reset_before_match; matching in eval mode; the reset
+        # after the merge in train mode
+        name = phase[0] or ("reset after merge" if module.training else "matching")
+        seen[name] += len(inputs[0])
+
     for model in population.models:
-        model.conv1.register_forward_hook(lambda module, inputs, output: seen.__setitem__(0, seen[0] + len(inputs[0])))
+        model.conv1.register_forward_hook(count)
+    reset_before_match = method.reset_before_match
+
+    def counted_reset(*args, **kwargs):
+        phase[0] = "reset before matching"
+        try:
+            return reset_before_match(*args, **kwargs)
+        finally:
+            phase[0] = None
+
+    method.reset_before_match = counted_reset
     sync = torch.cuda.synchronize if population.device.type == "cuda" else (lambda: None)
 
-    def merge_round(shared: bool) -> tuple[float, float, list[dict]]:
-        """(seconds, forward passes, merged states) of round 1 from the starting agents."""
+    def merge_round(shared: bool) -> tuple[float, dict[str, float], list[dict]]:
+        """(seconds, forward passes by phase, merged states) of round 1 from the starting agents."""
         population.load_state_dicts(start_states)
-        method.shared_pass, seen[0] = shared, 0
+        method.shared_pass = shared
+        seen.update(dict.fromkeys(phases, 0))
         sync()
         tick = time.perf_counter()
         method.communicate(1)
         sync()
-        return time.perf_counter() - tick, seen[0] / args.match_samples, population.state_dicts()
+        return (time.perf_counter() - tick, {k: v / args.match_samples for k, v in seen.items()},
+                population.state_dicts())
+
+    def declared(shared: bool) -> float:
+        """Passes per round as DIMAT.round_images declares them (what `estimate` prices)."""
+        cls, default = type(method), type(method).shared_pass
+        cls.shared_pass = shared  # round_images is a class method: it reads the class's flag
+        try:
+            images = cls.round_images(topology.mixing_matrix, options, len(population.train),
+                                      [len(s) for s in population.shards])
+        finally:
+            cls.shared_pass = default
+        return (images["matching"] + images.get("bn_reset", 0)) / args.match_samples
 
     merge_round(True), merge_round(False)  # warm-up: allocator, oneDNN/cuDNN kernel choice
     times: dict[bool, list[float]] = {True: [], False: []}
@@ -87,13 +125,17 @@ def main() -> None:
             times[shared].append(seconds)
     identical = all(torch.equal(a[k], b[k]) for a, b in zip(states[False], states[True]) for k in a)
     old, new = statistics.median(times[False]), statistics.median(times[True])
+    resets = "BN reset before matching and after the merge" if args.reset_before_match else \
+        "BN reset after the merge only (dimat_stale)"
     print(f"device {population.device}, {torch.get_num_threads()} threads, {args.precision}; ResNet-20 w{args.width}, "
           f"{args.agents} agents, {args.topology}, global matching on {args.match_samples} augmented images, "
-          f"BN reset; {args.repeats} timed rounds each (median)")
-    print(f"per-agent path:  {passes[False]:5.1f} forward passes/round  {old:7.2f} s/round")
-    print(f"shared pass:     {passes[True]:5.1f} forward passes/round  {new:7.2f} s/round")
+          f"{resets}; {args.repeats} timed rounds each (median)")
+    for shared, label, seconds in ((False, "per-agent path:", old), (True, "shared pass:   ", new)):
+        total = sum(passes[shared].values())
+        print(f"{label}  {total:5.1f} forward passes/round ({', '.join(f'{k} {v:.1f}' for k, v in passes[shared].items())}; "
+              f"{total / args.agents:.1f} per model; round_images declares {declared(shared):.1f})  {seconds:7.2f} s/round")
     print(f"identical merges: {'yes' if identical else 'NO'}")
-    print(f"speed-up shared / per-agent: {old / new:.2f}x  (target >= 1.8x at 20 -> 10 passes)")
+    print(f"speed-up shared / per-agent: {old / new:.2f}x")
 
 
 if __name__ == "__main__":

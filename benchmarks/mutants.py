@@ -50,6 +50,7 @@ WA = MERGE + "test_weight_averaging_gives_agent_i_row_i_of_the_mixing_matrix_ove
 DIMAT_COPIES = MERGE + "test_dimat_gives_every_agent_back_its_own_model_when_all_are_permuted_copies"
 DIMAT_SUM = MERGE + "test_dimat_merge_is_the_weighted_sum_of_each_neighbour_aligned_by_its_own_matching"
 BN_RESET = MERGE + "test_dimat_resets_batchnorm_from_scratch_on_each_agents_own_matching_images"
+FRESH_FEATURES = MERGE + "test_dimat_matches_features_normalised_by_statistics_recomputed_on_the_matching_images"
 MATCHING = MERGE + "test_matching_batches_draw_the_asked_number_from_the_right_pool_afresh_each_round"
 CONSENSUS = POPULATION + "test_consensus_distance_is_the_mean_squared_distance_of_the_parameters_to_their_mean"
 SGP_PUSH = GOSSIP + "test_sgp_on_a_row_stochastic_matrix_pushes_equal_shares_and_runs_push_sum"
@@ -79,11 +80,26 @@ MUTANTS: list[Mutant] = [
            "[self.spec.apply(states[j], perms[(i, j)]) for j in neighbours]",
            "[self.spec.apply(states[j], perms[(j, i)]) for j in neighbours]", (DIMAT_COPIES, DIMAT_SUM)),
     Mutant("dimat per agent: every neighbour gets the first neighbour's permutation", MERGE_PY,
-           "return [self.spec.apply(states[j], p) for j, p in zip(neighbours, perms)]",
-           "return [self.spec.apply(states[j], perms[0]) for j, p in zip(neighbours, perms)]",
+           "[self.spec.apply(states[j], p) for j, p in zip(neighbours, perms)]",
+           "[self.spec.apply(states[j], perms[0]) for j, p in zip(neighbours, perms)]",
            (DIMAT_COPIES, DIMAT_SUM)),
     Mutant("dimat per agent: permutations applied to the wrong neighbours", MERGE_PY,
            "zip(neighbours, perms)]", "zip(neighbours, perms[::-1])]", (DIMAT_COPIES, DIMAT_SUM)),
+    Mutant("dimat shared pass: no BatchNorm reset before matching (matches on stale statistics)", MERGE_PY,
+           "if self.options.bn_reset_before_match:  # one reset of every model serves every edge", "if False:",
+           (DIMAT_SUM, FRESH_FEATURES)),
+    Mutant("dimat per agent: no BatchNorm reset before matching", MERGE_PY,
+           "**self.reset_before_match([agent, *neighbours], agent, round_index)}", "**{}}",
+           (DIMAT_SUM, FRESH_FEATURES)),
+    Mutant("dimat per agent: only the anchor's statistics reset before matching", MERGE_PY,
+           "self.reset_before_match([agent, *neighbours], agent, round_index)",
+           "self.reset_before_match([agent], agent, round_index)", (DIMAT_SUM, FRESH_FEATURES)),
+    Mutant("dimat per agent: the reset before matching on agent 0's images, not the matching agent's", MERGE_PY,
+           "self.reset_before_match([agent, *neighbours], agent, round_index)",
+           "self.reset_before_match([agent, *neighbours], 0, round_index)", (DIMAT_SUM, FRESH_FEATURES)),
+    Mutant("dimat shared pass: matched on fresh statistics, merged with the stale buffers", MERGE_PY,
+           "states = {**dict(enumerate(states)), **self.reset_before_match(models, 0, round_index)}",
+           "self.reset_before_match(models, 0, round_index)", (DIMAT_SUM,)),
     Mutant("merge: mixing weight read as matrix[j, i] (transposed)", MERGE_PY,
            "[matrix[i, j] for j in neighbourhoods[i]]", "[matrix[j, i] for j in neighbourhoods[i]]", (WA, DIMAT_SUM)),
     Mutant("merge: self weight taken from the first neighbour's entry", MERGE_PY,
@@ -110,6 +126,9 @@ MUTANTS: list[Mutant] = [
     Mutant("matching: the round missing from the seed", MERGE_PY,
            'derive_seed(self.seed, "match", round_index, stream)', 'derive_seed(self.seed, "match", stream)',
            (MATCHING,)),
+    Mutant("assignment: minimises the total correlation", MATCHING_PY,
+           "linear_sum_assignment(score, maximize=True)", "linear_sum_assignment(score, maximize=False)",
+           ("tests/test_matching.py::test_assignment_maximises_the_total_score",)),
     Mutant("EdgeStatistics: one feature point's count used for every point", MATCHING_PY,
            "self.moments[i][g].n)", "self.moments[i][0].n)", (STREAMED,)),
     Mutant("consensus distance: sum over agents instead of mean", "dimat_bench/population.py",

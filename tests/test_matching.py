@@ -2,6 +2,8 @@
 (a model merged with a channel-permuted copy of itself computes the same function), streamed
 correlations, the BatchNorm reset."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from helpers import eval_images, random_permutations, realistic_model, states_eq
 from dimat_bench.matching import (
     EdgeStatistics,
     activation_permutations,
+    assignment,
     batchnorm_layers,
     reset_batchnorm,
     weight_permutations,
@@ -67,6 +70,16 @@ def test_streamed_correlations_of_every_edge_equal_pearson_on_all_samples_at_onc
             expected[np.isnan(expected)] = 0.0  # no variance: numpy gives NaN
             np.testing.assert_allclose(stats.correlation((i, j), point).numpy(), expected, rtol=0, atol=1e-5)
         assert stats.moments[0][point].n == 7 * maps[0][0, 0].numel()
+
+
+def test_assignment_maximises_the_total_score():
+    """perm[k] is the channel of the other model matched to channel k: the best of all 6! maps, on
+    scores whose greedy row-by-row choice is not the best (row 0's best column is row 1's only good one)."""
+    score = torch.rand(6, 6, generator=torch.Generator().manual_seed(3)) * 0.1
+    score[0, 2], score[0, 4], score[1, 2] = 0.9, 0.8, 1.0
+    best = max(itertools.permutations(range(6)), key=lambda p: sum(score[k, p[k]].item() for k in range(6)))
+    perm = assignment(score)
+    assert perm.tolist() == list(best) and perm[0] == 4 and perm[1] == 2
 
 
 def test_permutation_structure_has_the_specified_feature_points():

@@ -86,6 +86,14 @@ def test_each_merge_method_has_its_own_batchnorm_default():
         {"wa": False, "dimat": True, "wm": False, "wm_reset": True}
 
 
+def test_dimat_resets_before_matching_unless_a_stale_ablation_says_not():
+    assert {name: METHODS.get(name).build_options().bn_reset_before_match
+            for name in ("dimat", "dimat_local", "dimat_stale", "dimat_local_stale")} == \
+        {"dimat": True, "dimat_local": True, "dimat_stale": False, "dimat_local_stale": False}
+    assert METHODS.get("dimat_local_stale").build_options().match_data == "local"
+    assert "bn_reset_before_match" not in METHODS.get("wa").settable_keys()  # nothing to match: no such option
+
+
 def test_fc_merge_once_gives_everyone_agent_zeros_merge(cifar10):
     population, _ = make_population(cifar10, n_agents=3)
     method = method_for("dimat", population, create_topology("fc", 3), fc_merge_once=True, bn_reset=True,
@@ -173,16 +181,17 @@ def unequal_topology():
     return Topology("full", "unequal", np.ones((4, 4), dtype=bool), UNEQUAL)
 
 
-def hand_dimat_merge(method, round_index, reset_first=True):
-    """The authors' merge by hand, agent by agent on copies of the agents' models: for agent i,
-    recompute the statistics of every model on i's matching images (`reset_first`), match each
-    neighbour to i on them with activation_permutations, and take Σ_j Π_ij spec.apply(θ_j, perms_ij)
-    in float64 over the states with those statistics. Returns the merges and the permutations."""
+def hand_dimat_merge(method, round_index, matrix=UNEQUAL, reset_first=True, anchors=None):
+    """The authors' merge by hand, agent by agent on copies of the agents' models (full support:
+    everyone is everyone's neighbour): for agent i (of `anchors`, default all), recompute the
+    statistics of every model on i's matching images (`reset_first`), match each neighbour to i on
+    them with activation_permutations, and take Σ_j Π_ij spec.apply(θ_j, perms_ij) in float64 over
+    the states with those statistics. Returns the merges and the permutations."""
     models = [copy.deepcopy(m) for m in method.population.models]
     spec = permutation_spec(models[0])
     extractors = [FeatureExtractor(m, spec) for m in models]
     merged, perms = [], {}
-    for i in range(len(models)):
+    for i in range(len(models)) if anchors is None else anchors:
         images = list(method.matching_batches(i, round_index))
         if reset_first:
             for model in models:
@@ -195,7 +204,7 @@ def hand_dimat_merge(method, round_index, reset_first=True):
             if j != i:
                 [perms[i, j]] = activation_permutations(extractors[i], [extractors[j]], images, spec)
             aligned.append(states[i] if j == i else spec.apply(states[j], perms[i, j]))
-        merged.append(hand_weighted_sum(aligned, UNEQUAL[i]))
+        merged.append(hand_weighted_sum(aligned, matrix[i]))
     return merged, perms
 
 
@@ -228,6 +237,22 @@ def test_dimat_merge_is_the_weighted_sum_of_each_neighbour_aligned_by_its_own_ma
     for i, state in enumerate(population.state_dicts()):
         torch.testing.assert_close(flat_floats(state), expected[i], rtol=1e-5, atol=1e-5)
         assert state["bn1.num_batches_tracked"].item() == 2  # agent i's own, from the 2 batches of its reset
+
+
+def test_the_authors_fc_shortcut_merges_agent_zero_on_fresh_statistics_and_gives_everyone_its_result(cifar10):
+    """fc with `fc_merge_once`: only agent 0 merges, after the statistics of all 4 models (stale
+    here) are recomputed on its matching images; every agent receives exactly that merge."""
+    population = stale_population(cifar10)
+    fc = create_topology("fc", 4)
+    method = method_for("dimat", population, fc, match_samples=20, bn_reset=False)
+    assert method.options.fc_merge_once and method.options.match_data == "global"
+    method.match_batch_size = 10
+    [expected], perms = hand_dimat_merge(method, 1, fc.mixing_matrix, anchors=[0])
+    _, stale = hand_dimat_merge(method, 1, fc.mixing_matrix, reset_first=False, anchors=[0])
+    assert any(not torch.equal(a, b) for edge in perms for a, b in zip(perms[edge], stale[edge]))
+    method.communicate(1)
+    for state in population.state_dicts():
+        torch.testing.assert_close(flat_floats(state), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("match_data", ["global", "local"])

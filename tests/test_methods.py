@@ -149,6 +149,8 @@ def test_every_method_runs_a_cell_from_the_command_line(name, pretrained5, tmp_p
     assert resolved.to_dict() == meta["config"]
     assert resolved.options == cls.build_options({"match_samples": 50} if matching else {})
     assert resolved.run.method == name and meta["method"]["variant_of"] == cls.variant_of
+    if name in ("dimat", "dimat_local"):  # the authors' reset before matching, recorded resolved
+        assert meta["config"]["bn_reset_before_match"] is True
     metrics = pd.read_csv(out / "metrics.csv", comment="#")
     phases = ["initial"] + (["after_merge", "after_train"] if cls.family == "merge" else ["after_train"])
     assert metrics.groupby(["round", "phase"], sort=False).size().index.get_level_values("phase").tolist() == phases
