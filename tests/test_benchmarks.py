@@ -21,6 +21,10 @@ def test_merge_cost_benchmark_counts_the_passes_of_both_paths_and_finds_them_ide
                              "--agents", "4", "--match-samples", "20", "--train-images", "100", "--repeats", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "per-agent path:   16.0 forward passes/round" in result.stdout  # 4 x (1 + 2) + 4 resets
-    assert "shared pass:       8.0 forward passes/round" in result.stdout  # 4 + 4 resets
+    # per agent: itself and its 2 neighbours reset and matched (4 x 3 each), then its merge reset
+    assert ("per-agent path:   28.0 forward passes/round (reset before matching 12.0, matching 12.0, reset after "
+            "merge 4.0; 7.0 per model; round_images declares 28.0)") in result.stdout
+    # shared: every model reset once, matched once, its merge reset once
+    assert ("shared pass:      12.0 forward passes/round (reset before matching 4.0, matching 4.0, reset after "
+            "merge 4.0; 3.0 per model; round_images declares 12.0)") in result.stdout
     assert "identical merges: yes" in result.stdout
