@@ -177,8 +177,9 @@ def merge_penalty(means: pd.DataFrame) -> pd.DataFrame:
 
 
 def setting_label(row) -> str:
-    width = f"×{row['width']}" if row["model"] == "resnet20" else ""
-    return (f"{DATASET_LABELS.get(row['dataset'], row['dataset'])} {row['model']}{width} N={row['agents']} "
+    """A setting's column label, every key of the setting in it (two widths of any model are two
+    columns, never one average)."""
+    return (f"{DATASET_LABELS.get(row['dataset'], row['dataset'])} {row['model']}×{row['width']} N={row['agents']} "
             f"{row['split']} {row['topology']}")
 
 

@@ -11,6 +11,7 @@ is built here too, from the methods' own schedules."""
 from __future__ import annotations
 
 import itertools
+import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -30,6 +31,10 @@ from .topology import create_topology
 SETTING_KEYS = ["dataset", "model", "width", "agents", "split", "topology"]
 CELL_KEYS = SETTING_KEYS + ["method", "seed"]
 PRETRAIN_KEYS = ["dataset", "model", "width", "agents", "split", "seed"]
+# Keys the workflow gives every engine job itself, from the job's cell (its wildcards) or the config's
+# top level: a shared `pretrain:` or `run:` block that set one would override them on the job's
+# command line while the plan believed the cell's own value.
+JOB_KEYS = {"pretrain": PRETRAIN_KEYS + ["data_dir"], "run": ["method", "topology", "seed", "pretrained", "data_dir"]}
 
 
 def as_list(value) -> list:
@@ -88,6 +93,11 @@ def pretrain_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Pretr
 def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) -> None:
     """Raise ConfigError for anything the engine would reject: a `run:` key no method takes, a bad
     name or value in any cell, a communication axis that is not a graph."""
+    for block, keys in JOB_KEYS.items():
+        for key in keys:
+            if key in (config.get(block) or {}):
+                raise ConfigError(f"{block}.{key}", config[block][key], f"nothing: {job_key_source(key)} sets it per job",
+                                  f"remove it from `{block}:`")
     known = set(CellConfig.keys())
     for key, value in config["run"].items():
         if key not in known:
@@ -105,6 +115,12 @@ def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) ->
     for n in config["communication"]["agents"]:
         for topology in config["communication"]["topologies"]:
             create_topology(topology, n, run.mixing)
+
+
+def job_key_source(key: str) -> str:
+    """Where a JOB_KEYS key comes from, for the message that rejects it in a shared block."""
+    return {"data_dir": "the config's top-level `data_dir`", "pretrained": "the workflow (the cell's pretraining)",
+            "seed": "a grid row's `seeds`", "method": "a grid row's `methods`"}.get(key, f"a grid row's `{key}`")
 
 
 def check_split(pre: PretrainConfig) -> None:
@@ -134,7 +150,7 @@ def flags(options: Mapping[str, Any]) -> str:
         elif value is None:
             out.append(f"{cfg.flag(key)} none")
         else:
-            out.append(f"{cfg.flag(key)} {value}")
+            out.append(f"{cfg.flag(key)} {shlex.quote(str(value))}")
     return " ".join(out)
 
 

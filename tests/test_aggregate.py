@@ -11,6 +11,7 @@ from dimat_bench.aggregate import (
     final_accuracy,
     main_table,
     merge_penalty,
+    setting_label,
     to_latex,
     to_markdown,
 )
@@ -277,3 +278,10 @@ def test_cells_that_ran_on_different_data_cannot_share_a_table(cells, tmp_path):
     (other / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=f"{other} and {cells[0]} ran on different cifar10 data"):
         cell_status([cells[0], other])
+
+
+def test_two_widths_of_any_model_are_two_columns_of_the_main_table():
+    rows = [{"dataset": "cifar10", "model": model, "width": width, "agents": 5, "split": "iid", "topology": "ring"}
+            for model in ("vgg16_bn", "resnet20") for width in (1, 2)]
+    labels = [setting_label(row) for row in rows]
+    assert len(set(labels)) == 4 and labels[1] == "CIFAR-10 vgg16_bn×2 N=5 iid ring"

@@ -57,6 +57,24 @@ def test_a_run_key_no_method_takes_fails_the_plan():
         grid.check_grid(config(ROW, run={"match_sample": 5}), grid.expand_grid(config(ROW)))
 
 
+@pytest.mark.parametrize("block,key,value", [("run", "seed", 3), ("run", "method", "wa"), ("run", "topology", "fc"),
+                                             ("run", "pretrained", "x"), ("run", "data_dir", "e"),
+                                             ("pretrain", "seed", 1), ("pretrain", "agents", 10),
+                                             ("pretrain", "dataset", "cifar100"), ("pretrain", "data_dir", "e")])
+def test_a_shared_block_that_sets_what_identifies_a_job_fails_the_plan(block, key, value):
+    """`run: {seed: 3}` would reach every cell's command line after its own `--seed` and win there
+    (argparse keeps the last), while the plan and the tables believe the row's seeds."""
+    settings = config(ROW | {"seeds": [0, 1]})
+    settings[block] = {key: value}
+    with pytest.raises(ConfigError, match=rf"^{block}\.{key}: got {value!r}; allowed: nothing: .* sets it per job"):
+        grid.check_grid(settings, grid.expand_grid(settings))
+    grid.check_grid(config(ROW | {"seeds": [0, 1]}), grid.expand_grid(config(ROW)))  # without it: fine
+
+
+def test_engine_flags_quote_what_the_shell_would_split():
+    assert grid.flags({"edges": "0-1, 1-2", "lr": 0.1}) == "--edges '0-1, 1-2' --lr 0.1"
+
+
 def test_the_paper_grid_is_a_few_rows_that_say_what_they_are_for():
     paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     assert len(paper["grid"]) <= 8 and all(row.get("table") for row in paper["grid"])

@@ -236,6 +236,7 @@ BAD_CONFIGS = [
     ({"run": {"match_sample": 5}}, "run.match_sample: got 5; allowed: keys of `python -m dimat_bench run --help`"),
     (bad_grid(split=["iid", "nonid"]), "split: got 'nonid'"),
     ({"only": {"methods": ["wa"]}}, "only: got 'methods'; allowed: cell keys: dataset, model"),
+    ({"run": {"seed": 3}}, "run.seed: got 3; allowed: nothing: a grid row's `seeds` sets it per job"),
 ]
 
 
