@@ -260,12 +260,36 @@ def library_versions(extra: tuple[str, ...] = ()) -> dict:
     return versions
 
 
+# The instruction-set extensions float kernels are chosen by (on x86 and ARM), as /proc/cpuinfo names them.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile",
+              "asimd", "sve")
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name, its SIMD extensions (SIMD_FLAGS present) and the kernel level torch
+    dispatches to: results are bit-identical only on the same hardware and thread count."""
+    import torch
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    return {"model": fields.get("model name") or platform.processor() or "unknown",
+            "simd": [f for f in SIMD_FLAGS if f in flags], "torch_kernels": torch.backends.cpu.get_cpu_capability()}
+
+
 def device_description(device) -> dict:
     import torch
 
     device = torch.device(device)
     info = {"device": str(device), "host": socket.gethostname(), "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads()}
+            "cpu": cpu_description(), "cpu_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

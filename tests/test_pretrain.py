@@ -32,6 +32,8 @@ def test_pretrain_writes_every_output_with_provenance(pretrained):
     assert {"package", "commit", "dirty"} <= set(meta["code"])
     assert meta["versions"]["torch"] == metadata.version("torch")
     assert meta["device"]["device"] == "cpu" and meta["seconds"]["total"] > 0
+    cpu = meta["device"]["cpu"]  # results are bit-identical only on the same hardware and threads
+    assert cpu["model"] and cpu["torch_kernels"] == torch.backends.cpu.get_cpu_capability()
     for name in ("metrics.csv", "class_counts.csv"):
         assert read_csv_meta(pretrained / name)["config"] == meta["config"]
     assert load_agents(pretrained / "agents.pt").meta["config"] == meta["config"]

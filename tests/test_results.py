@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from dimat_bench.registry import ConfigError
-from dimat_bench.results import StagedDirectory
+from dimat_bench.results import StagedDirectory, cpu_description
 
 
 def test_a_staged_directory_appears_only_when_complete(tmp_path):
@@ -37,3 +37,12 @@ def test_a_killed_run_s_staging_directory_is_removed_by_the_next_run(tmp_path):
         assert work.name == f"{prefix}{os.getpid()}"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"{prefix}1", f".partial-other-{socket.gethostname()}-{dead.pid}", "cell"])
+
+
+def test_the_cpu_is_described_by_its_model_and_the_simd_extensions_kernels_choose_by():
+    x86 = ("processor\t: 0\nmodel name\t: Some Xeon(R) CPU\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_bf16 "
+           "amx_tile amx_bf16 rdrand\n\nprocessor\t: 1\nmodel name\t: Some Xeon(R) CPU\nflags\t\t: fpu\n")
+    described = cpu_description(x86)
+    assert described["model"] == "Some Xeon(R) CPU"  # the first processor's
+    assert described["simd"] == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    assert cpu_description("processor\t: 0\nFeatures\t: fp asimd sve\n")["simd"] == ["asimd", "sve"]
