@@ -237,25 +237,32 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def reset_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], keep_cumulative: bool = False,
+def reset_batchnorm(models: nn.Module | Sequence[nn.Module], batches: Iterable[torch.Tensor],
+                    keep_cumulative: bool = False,
                     forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
-    """Recompute every BatchNorm's running mean/var as the exact average over `batches` (train-mode
-    forward passes in `forward_context`, momentum None; the statistics are kept in fp32 under bf16
-    autocast too). With `keep_cumulative` the layers keep momentum None afterwards, as the authors'
-    code does; otherwise their momentum is restored."""
-    layers = batchnorm_layers(model)
+    """Recompute every BatchNorm's running mean/var of `models` (one model or several) as the exact
+    average over `batches` (train-mode forward passes in `forward_context`, momentum None; the
+    statistics are kept in fp32 under bf16 autocast too). Each batch is drawn once and runs through
+    every model, so resetting several models costs one pass over the data, not one each. With
+    `keep_cumulative` the layers keep momentum None afterwards, as the authors' code does;
+    otherwise their momentum is restored."""
+    models = [models] if isinstance(models, nn.Module) else [m for m in models if batchnorm_layers(m)]
+    layers = [m for model in models for m in batchnorm_layers(model)]
     if not layers:
         return
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None
-    was_training = model.training
-    model.train()
+    was_training = [model.training for model in models]
+    for model in models:
+        model.train()
     for images in batches:
         with forward_context():
-            model(images)
-    model.train(was_training)
+            for model in models:
+                model(images)
+    for model, training in zip(models, was_training):
+        model.train(training)
     if not keep_cumulative:
         for m, momentum in zip(layers, momenta):
             m.momentum = momentum

@@ -108,6 +108,29 @@ def test_batchnorm_reset_is_the_exact_average_over_the_batches(batches):
     assert all(m.momentum is None for m in batchnorm_layers(model))
 
 
+def test_resetting_several_models_draws_the_batches_once_and_equals_resetting_each_alone(batches):
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(create_model("resnet20", 10))
+    alone = [create_model("resnet20", 10) for _ in models]
+    for model, copy in zip(models, alone):
+        copy.load_state_dict(model.state_dict())
+        reset_batchnorm(copy, batches)
+    drawn = []
+
+    def stream():
+        for x in batches:
+            drawn.append(x)
+            yield x
+
+    reset_batchnorm(models, stream())
+    assert len(drawn) == len(batches)  # one pass over the data for both models
+    for together, separate in zip(models, alone):
+        assert all(torch.equal(a, b) for a, b in zip(together.state_dict().values(), separate.state_dict().values()))
+    assert not torch.equal(models[0].bn1.running_mean, models[1].bn1.running_mean)
+
+
 def test_feature_extractor_follows_the_models_current_weights(cifar10):
     """Extractors are built once per run; they must see every later load_state_dict."""
     model = create_model("resnet20", 10).eval()

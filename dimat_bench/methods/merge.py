@@ -224,21 +224,23 @@ class DIMAT(MergeMethod):
             images["bn_reset"] = images.get("bn_reset", 0) + matching
         return {**images, "matching": matching, "correlation": correlation}
 
-    def reset_before_match(self, models: list[int], agent: int, round_index: int) -> dict[int, dict]:
+    def reset_before_match(self, states: list[dict], models: list[int], agent: int, round_index: int) -> dict[int, dict]:
         """Recompute, in place, the BatchNorm statistics of `models` on agent `agent`'s matching
-        images (the authors' reset before matching; their momentum is restored, the reset after the
-        merge decides it) and return their states."""
+        images, drawn once for all of them (the authors' reset before matching; their momentum is
+        restored, the reset after the merge decides it); `states` by agent, those of `models` now
+        with their fresh statistics."""
         population = self.population
-        for k in models:
-            reset_batchnorm(population.models[k], self.matching_batches(agent, round_index), False, population.autocast)
-        return {k: {key: v.detach().clone() for key, v in population.models[k].state_dict().items()} for k in models}
+        reset_batchnorm([population.models[k] for k in models], self.matching_batches(agent, round_index), False,
+                        population.autocast)
+        fresh = {k: {key: v.detach().clone() for key, v in population.models[k].state_dict().items()} for k in models}
+        return {**dict(enumerate(states)), **fresh}
 
     def align_all(self, neighbourhoods, states, round_index):
         if not (self.shared_pass and self.options.match_data == "global"):
             return super().align_all(neighbourhoods, states, round_index)
         if self.options.bn_reset_before_match:  # one reset of every model serves every edge
             models = sorted(set(neighbourhoods) | {j for js in neighbourhoods.values() for j in js})
-            states = {**dict(enumerate(states)), **self.reset_before_match(models, 0, round_index)}
+            states = self.reset_before_match(states, models, 0, round_index)
         for model in self.population.models:
             model.eval()
         edges = [(i, j) for i, neighbours in neighbourhoods.items() for j in neighbours]
@@ -249,7 +251,7 @@ class DIMAT(MergeMethod):
 
     def align(self, agent, neighbours, states, round_index):
         if self.options.bn_reset_before_match:
-            states = {**dict(enumerate(states)), **self.reset_before_match([agent, *neighbours], agent, round_index)}
+            states = self.reset_before_match(states, [agent, *neighbours], agent, round_index)
         for model in self.population.models:
             model.eval()
         perms = activation_permutations(self.extractors[agent], [self.extractors[j] for j in neighbours],
