@@ -16,7 +16,8 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from .grid import CELL_KEYS
+from .plan import CELL_KEYS
+from .results import CELL_METRIC_COLUMNS
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
 POINTS = {
@@ -26,6 +27,12 @@ POINTS = {
 }
 PRETRAINED = "pretrained"  # the main table's row of the agents before any round
 TABLE_LIBRARIES = ("pandas", "matplotlib", "snakemake")
+
+
+# The settings collect_cells adds to every metrics row (cell_settings), with their types.
+SETTING_COLUMNS = {"dataset": "object", "model": "object", "width": "int64", "agents": "int64", "split": "object",
+                   "topology": "object", "method": "object", "seed": "int64", "pretrain_seed": "int64",
+                   "epochs_per_round": "int64"}
 
 
 def cell_settings(meta: dict) -> dict:
@@ -106,8 +113,10 @@ def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
         for column, value in settings.items():
             frame.insert(len(frame.columns), column, value)
         frames.append(frame)
-    if not frames:
-        raise ValueError("no cell has results: every cell failed or is missing")
+    if not frames:  # every cell failed or is missing: the tables are built empty, cells.csv says why
+        columns = CELL_METRIC_COLUMNS + list(SETTING_COLUMNS)
+        types = SETTING_COLUMNS | {"phase": "object"}
+        return pd.DataFrame({c: pd.Series(dtype=types.get(c, "float64")) for c in columns})
     return pd.concat(frames, ignore_index=True)
 
 

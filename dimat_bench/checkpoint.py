@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .models import create_model
-from .results import atomic_path
+from .results import atomic_path, failed_write
 
 FORMAT = "dimat-bench/agents"
 VERSION = 1
@@ -54,7 +54,11 @@ def save_agents(path: str | os.PathLike, ckpt: AgentsCheckpoint) -> None:
         "meta": ckpt.meta,
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:  # torch's writer reports a failed write (a full disk) so
+            needed = sum(t.nbytes for t in payload["agents"][0].values()) * len(payload["agents"])
+            raise failed_write(path, needed, error) from None
 
 
 def load_agents(path: str | os.PathLike) -> AgentsCheckpoint:

@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from .aggregate import setting_label
-from .grid import SETTING_KEYS
+from .plan import SETTING_KEYS
 
 VERDICTS = ("holds", "fails", "inconclusive", "not run")
 COLUMNS = ["claim", "statement", "setting", "ours", "reference", "verdict", "reason"]

@@ -5,25 +5,28 @@
   run       run one benchmark cell (a method on a topology) from a pretraining output
   plan      check a pipeline config file (YAML, schema, every cell and split) and say what it plans
   estimate  what a pipeline config will cost: images per phase, FLOPs, wall time here, GPU-hours
+  catalogue check (or --write) dimat_bench/catalogue.json, what the torch-free planner knows of the engine
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 import traceback
+from pathlib import Path
 
 from . import __version__
 from . import config as cfg
-from .checkpoint import CheckpointError
-from .data import DataError
-from .permutation import UnsupportedModel
 from .registry import ConfigError
-from .results import write_failure
+from .results import MACHINE_FAULTS, write_failure
 
 
 def _commands():
-    """name -> (config class, entry point, one-line help). Imported lazily: --help stays fast."""
+    """name -> (config class, entry point, one-line help). The engine (and torch) is imported here,
+    when a command or the top-level --help needs its configs; `plan`, `estimate` and `catalogue`
+    parse their own flags before it."""
     from .data import DataConfig, prepare_data
     from .pretrain import PretrainConfig, pretrain
     from .run import CellConfig, run_cell
@@ -59,31 +62,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors in what the user gave: one line naming the input, exit status 2.
-INPUT_ERRORS = (ConfigError, DataError, CheckpointError, UnsupportedModel)
+def input_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the user gave: one line naming the input, exit status 2."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .permutation import UnsupportedModel
+
+    return ConfigError, DataError, CheckpointError, UnsupportedModel
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["plan"]:
-        return plan(argv[1:])
-    if argv[:1] == ["estimate"]:
-        return estimate(argv[1:])
+    own = {"plan": plan, "estimate": estimate, "catalogue": catalogue}
+    if argv[:1] and argv[0] in own:
+        return own[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     config_class, entry_point, _ = _commands()[args.command]
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         entry_point(cfg.resolve(config_class, args), args.out, force=args.force, progress=not args.quiet)
-    except INPUT_ERRORS as error:
+    except input_errors() as error:
         return fail(args, error)
-    except OSError as error:  # a file that cannot be read or written: name it
-        where = f"{error.filename}: " if error.filename else ""
+    except OSError as error:
+        if error.errno in MACHINE_FAULTS:  # the machine's fault, not the cell's: no failure record
+            print(f"error: {args.out}: {(error.strerror or str(error)).lower()} writing "
+                  f"{Path(error.filename or args.out).name}; nothing was written to {args.out}: "
+                  f"{REMEDY.get(error.errno, 'fix it')} and run the same command again", file=sys.stderr)
+            return 1
+        where = f"{error.filename}: " if error.filename else ""  # a file that cannot be read: name it
         return fail(args, OSError(f"{where}{error.strerror or error}"))
+    except (Terminated, KeyboardInterrupt) as stop:
+        name = str(stop) if isinstance(stop, Terminated) else "SIGINT"
+        print(f"error: {args.out}: stopped by {name} before it finished; nothing was written there, and the same "
+              "command computes it again", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     except Exception as error:  # a bug, or a fault such as running out of memory: the traceback helps
         if not getattr(args, "record_failure", False):
             raise
         traceback.print_exc()
         return fail(args, error)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM: a scheduler's time limit, scancel, kill). Not an
+    Exception, so no `except Exception` records it as the cell's failure."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+REMEDY = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
+          errno.EROFS: "make the folder writable", errno.EACCES: "make the folder writable",
+          errno.EPERM: "make the folder writable", errno.EIO: "check the disk"}
 
 
 def fail(args: argparse.Namespace, error: BaseException) -> int:
@@ -156,4 +190,27 @@ def estimate(argv: list[str]) -> int:
     print(f"{args.configfile}: " + cost.render(result, args.gpu, args.utilisation, jobs))
     if args.csv:
         cost.write_rows(args.csv, result, config)
+    return 0
+
+
+def catalogue(argv: list[str]) -> int:
+    """`catalogue [--write]`: is dimat_bench/catalogue.json what the engine's registries say?"""
+    parser = argparse.ArgumentParser(prog="python -m dimat_bench catalogue",
+                                     description="The planner (dimat_bench/plan.py) reads the engine's keys and "
+                                                 "names from dimat_bench/catalogue.json instead of importing the "
+                                                 "engine. Check it against the registries (exit 1 when it is out "
+                                                 "of date) or --write it after adding a method, option or name.")
+    parser.add_argument("--write", action="store_true", help="rewrite the file from the registries")
+    args = parser.parse_args(argv)
+    from .grid import CATALOGUE_FILE, catalogue_text, write_catalogue
+
+    if args.write:
+        changed = write_catalogue()
+        print(f"{CATALOGUE_FILE}: {'written' if changed else 'already up to date'}")
+        return 0
+    if not CATALOGUE_FILE.is_file() or CATALOGUE_FILE.read_text() != catalogue_text():
+        print(f"error: {CATALOGUE_FILE}: out of date with the engine's registries; "
+              "run `python -m dimat_bench catalogue --write`", file=sys.stderr)
+        return 1
+    print(f"{CATALOGUE_FILE}: up to date")
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .data import DATASETS, balanced_subset
-from .methods import METHODS, MethodOptions
+from .methods import METHODS, LearningRateOptions
 from .models import create_model
 from .population import batch_bounds
 from .splits import create_split
@@ -38,7 +38,7 @@ class CellCommunication:
 
 
 def cell_communication(method: str, mixing_matrix: np.ndarray, model: torch.nn.Module, steps_per_epoch: int,
-                       epochs_per_round: int, rounds: int, options: MethodOptions | None = None) -> CellCommunication:
+                       epochs_per_round: int, rounds: int, options: LearningRateOptions | None = None) -> CellCommunication:
     """Messages and bytes each agent sends over `rounds` rounds of one cell (`options`: the method's,
     by default its defaults)."""
     cls = METHODS.get(method)
@@ -60,7 +60,7 @@ def iid_steps_per_epoch(train_size: int, num_classes: int, n_agents: int, batch_
 def communication_table(methods: list[str], dataset: str, model: str, width: int, agents: list[int],
                         topologies: list[str], train_size: int | None = None, batch_size: int = 100,
                         epochs_per_round: int = 2, mixing: str = "official",
-                        options: Mapping[str, MethodOptions] | None = None) -> list[dict]:
+                        options: Mapping[str, LearningRateOptions] | None = None) -> list[dict]:
     """One row per method × topology × N: communication per epoch over the whole network, with the
     `iid` split's shards. `train_size` None = the dataset's whole training set; `options`: method
     name -> its options (default: its defaults)."""

@@ -5,13 +5,15 @@ number of agents. Every figure is written as PNG and PDF."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .aggregate import agent_means, curves, setting_label
-from .grid import SETTING_KEYS
+from .plan import SETTING_KEYS
 
 
 def _pyplot():
@@ -197,3 +199,30 @@ def communication_figure(table: pd.DataFrame, out_dir: str | Path) -> list[Path]
         written += save(fig, Path(out_dir) / f"communication_{dataset}_{model}_{width}")
         plt.close(fig)
     return written
+
+
+PUBLISHED = ".dimat-bench-figures.json"  # in figures_dir: the files the pipeline put there last
+
+
+def publish(built: str | Path, figures_dir: str | Path) -> list[Path]:
+    """Copy the figures the pipeline built (`built`, its own directory under results_dir) into
+    `figures_dir`, the user's folder: files the previous publication put there and this one does not
+    are removed, and nothing else is touched (a user's own files, `.gitkeep`). Each copy is atomic."""
+    from .results import atomic_path, write_json
+
+    built, target = Path(built), Path(figures_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    manifest = target / PUBLISHED
+    try:
+        before = set(json.loads(manifest.read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        before = set()
+    names = sorted(p.name for p in built.iterdir() if p.is_file())
+    for name in names:
+        with atomic_path(target / name) as tmp:
+            shutil.copyfile(built / name, tmp)
+    for stale in sorted(before - set(names)):
+        if "/" not in stale and stale != PUBLISHED:
+            (target / stale).unlink(missing_ok=True)
+    write_json(manifest, {"files": names, "from": str(built)})
+    return [target / name for name in names]

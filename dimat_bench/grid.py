@@ -1,79 +1,33 @@
-"""The pipeline's grid (workflow/rules/common.smk asks this module what to plan).
+"""The grid as the engine checks it: the engine side of `plan` (which expands a pipeline config's rows
+into cells and builds each job's flags without importing the engine).
 
-A pipeline config's `grid` is a list of rows. A row's setting keys (dataset, model, width, agents,
-split, topology) each take one value or a list, and the row expands into the product of those lists
-× its `methods` × its `seeds`, one cell each, in the order written; `only: {key: [values]}` keeps the
-cells whose key is in the list. Before any job runs, every cell is checked by the engine's own strict
-configs; the `run:` keys go to each cell whose method takes them (and does not fix them, as a variant
-does). The communication table of a grid
-is built here too, from the methods' own schedules."""
+Here every cell is built by the engine's own strict configs (`check_grid`: every value, every split
+against its agents, every communication axis a graph), for `python -m dimat_bench plan` and the
+pipeline's `preflight` job; the communication table of a grid is built from the methods' own
+schedules; and `catalogue()` writes what the planner must know of the engine (`catalogue.json`)."""
 
 from __future__ import annotations
 
-import itertools
-import shlex
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from . import config as cfg
+from . import plan as planner
 from .communication import communication_table
 from .data import DATASETS
 from .methods import METHODS
+from .models import MODELS
+from .plan import (CATALOGUE_FILE, CELL_KEYS, PRETRAIN_KEYS, SETTING_KEYS, as_list, check_config,  # noqa: F401
+                   expand_grid, flags, load_pipeline_config, pretrain_seed, run_options)
 from .pretrain import PretrainConfig
-from .registry import ConfigError, did_you_mean
+from .registry import ConfigError
 from .run import RUN_KEYS, CellConfig, RunConfig
-from .splits import create_split
-from .topology import create_topology
-
-# What identifies a cell: the pretraining's settings, then the run's.
-SETTING_KEYS = ["dataset", "model", "width", "agents", "split", "topology"]
-CELL_KEYS = SETTING_KEYS + ["method", "seed"]
-PRETRAIN_KEYS = ["dataset", "model", "width", "agents", "split", "seed"]
-# Keys the workflow gives every engine job itself, from the job's cell (its wildcards) or the config's
-# top level: a shared `pretrain:` or `run:` block that set one would override them on the job's
-# command line while the plan believed the cell's own value.
-JOB_KEYS = {"pretrain": PRETRAIN_KEYS + ["data_dir"], "run": ["method", "topology", "seed", "pretrained", "data_dir"]}
-
-
-def as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def expand_grid(config: Mapping[str, Any]) -> list[dict]:
-    """One dict per cell (CELL_KEYS), rows in order, each the product of its lists, duplicates once."""
-    cells, seen = [], set()
-    for row in config["grid"]:
-        for setting in itertools.product(*(as_list(row[key]) for key in SETTING_KEYS)):
-            for method, seed in itertools.product(row["methods"], row["seeds"]):
-                cell = dict(zip(SETTING_KEYS, setting)) | {"method": method, "seed": seed}
-                if tuple(cell.values()) not in seen:
-                    seen.add(tuple(cell.values()))
-                    cells.append(cell)
-    only = config.get("only") or {}
-    for key, allowed in only.items():
-        if key not in CELL_KEYS:
-            raise ConfigError("only", key, "cell keys: " + ", ".join(CELL_KEYS))
-        cells = [cell for cell in cells if cell[key] in as_list(allowed)]
-    if not cells:
-        raise ConfigError("only", dict(only), "a filter that keeps at least one of the grid's cells",
-                          "none of the grid rows' cells matches it")
-    return cells
-
-
-def pretrain_seed(config: Mapping[str, Any], cell: Mapping[str, Any]) -> int:
-    """The seed of the pretraining a cell starts from: its own (`pretrain_seeds: per_seed`), or seed 0
-    for every seed (`shared`: the authors' protocol, where seeds differ only in data order,
-    augmentation and matching samples)."""
-    return 0 if config.get("pretrain_seeds", "per_seed") == "shared" else int(cell["seed"])
-
-
-def run_options(config: Mapping[str, Any], method: str) -> dict:
-    """The pipeline's `run:` keys that a cell of `method` takes: the run keys and its own options,
-    except those a variant fixes (the variant's name says what it runs; `run:` is shared by all)."""
-    takes = set(RUN_KEYS) | METHODS.get(method).settable_keys()
-    return {key: value for key, value in config["run"].items() if key in takes}
+from .splits import SPLITS, create_split
+from .topology import GRAPHS, create_topology
 
 
 def cell_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> CellConfig:
@@ -93,16 +47,7 @@ def pretrain_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Pretr
 def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) -> None:
     """Raise ConfigError for anything the engine would reject: a `run:` key no method takes, a bad
     name or value in any cell, a communication axis that is not a graph."""
-    for block, keys in JOB_KEYS.items():
-        for key in keys:
-            if key in (config.get(block) or {}):
-                raise ConfigError(f"{block}.{key}", config[block][key], f"nothing: {job_key_source(key)} sets it per job",
-                                  f"remove it from `{block}:`")
-    known = set(CellConfig.keys())
-    for key, value in config["run"].items():
-        if key not in known:
-            raise ConfigError(f"run.{key}", value, "keys of `python -m dimat_bench run --help`",
-                              did_you_mean(key, sorted(known)))
+    check_config(config, cells)
     checked = set()
     for cell in cells:
         pretraining = pretrain_config(config, cell)
@@ -115,12 +60,6 @@ def check_grid(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) ->
     for n in config["communication"]["agents"]:
         for topology in config["communication"]["topologies"]:
             create_topology(topology, n, run.mixing)
-
-
-def job_key_source(key: str) -> str:
-    """Where a JOB_KEYS key comes from, for the message that rejects it in a shared block."""
-    return {"data_dir": "the config's top-level `data_dir`", "pretrained": "the workflow (the cell's pretraining)",
-            "seed": "a grid row's `seeds`", "method": "a grid row's `methods`"}.get(key, f"a grid row's `{key}`")
 
 
 def check_split(pre: PretrainConfig) -> None:
@@ -139,19 +78,6 @@ def check_split(pre: PretrainConfig) -> None:
     if small:
         raise ConfigError("agents", pre.agents, f"a number of agents that {where} gives >= 2 images each",
                           f"agent {small[0]} would get {len(split.shards[small[0]])}")
-
-
-def flags(options: Mapping[str, Any]) -> str:
-    """Config keys -> command-line flags of the engine (`train_size: 100` -> `--train-size 100`)."""
-    out = []
-    for key, value in options.items():
-        if isinstance(value, bool):
-            out.append(cfg.flag(key) if value else "--no-" + cfg.flag(key)[2:])
-        elif value is None:
-            out.append(f"{cfg.flag(key)} none")
-        else:
-            out.append(f"{cfg.flag(key)} {shlex.quote(str(value))}")
-    return " ".join(out)
 
 
 def communication_rows(config: Mapping[str, Any], manifests: Iterable[Mapping[str, Any]]) -> list[dict]:
@@ -176,27 +102,6 @@ def communication_rows(config: Mapping[str, Any], manifests: Iterable[Mapping[st
     return rows
 
 
-ROOT = Path(__file__).resolve().parent.parent  # a checkout: Snakefile, config/, workflow/
-
-
-def load_pipeline_config(path: str | Path, base: str | Path | None = ROOT / "config" / "config.yaml") -> dict:
-    """A pipeline config as Snakemake sees it: `base` (the Snakefile's `configfile:`) updated with
-    `path` (`--configfile`), validated against the workflow's schema with its defaults filled in.
-    ConfigError names the file and, for YAML errors, the line."""
-    from snakemake.utils import update_config, validate
-
-    config = cfg.read_config_file(base) if base is not None and Path(base).is_file() else {}
-    given = cfg.read_config_file(path)
-    update_config(config, given)
-    try:
-        validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
-    except Exception as error:  # snakemake's WorkflowError wraps jsonschema's message
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise ConfigError("configfile", str(path), "a config that workflow/schemas/config.schema.yaml accepts",
-                          " ".join(lines[-3:])[:300]) from None
-    return config
-
-
 def plan(path: str | Path) -> str:
     """Check a pipeline config as the Snakefile will (the schema, every cell, every split) and say
     what it plans, in one line; ConfigError says what is wrong, naming the file."""
@@ -210,3 +115,33 @@ def plan(path: str | Path) -> str:
     datasets = sorted({c["dataset"] for c in cells})
     return (f"{path}: {len(cells)} cells from {len(pretrainings)} pretrainings on {', '.join(datasets)}; "
             f"{len({c['method'] for c in cells})} methods, {len({c['seed'] for c in cells})} seeds")
+
+
+def catalogue() -> dict:
+    """What `plan` must know of the engine, from its registries: the run keys with their defaults,
+    every key `run` and `pretrain` take, each method's family and the options a config may set, and
+    the registered names (datasets, splits, topologies, models)."""
+    run_defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    methods = {name: {"family": METHODS.get(name).family, "variant_of": METHODS.get(name).variant_of,
+                      "settable": sorted(METHODS.get(name).settable_keys())} for name in METHODS.names()}
+    return {"about": "written by `python -m dimat_bench catalogue --write` from the engine's registries; "
+                     "tests/test_plan.py checks it (docs/engine.md#layers)",
+            "run_keys": {key: run_defaults[key] for key in RUN_KEYS}, "cell_keys": list(CellConfig.keys()),
+            "pretrain_keys": cfg.keys(PretrainConfig), "methods": methods, "datasets": DATASETS.names(),
+            "splits": SPLITS.names(), "topologies": GRAPHS.names(), "models": MODELS.names()}
+
+
+planner.LIVE_CATALOGUE = catalogue  # the planner, in this process, reads the registries themselves
+
+
+def catalogue_text() -> str:
+    return json.dumps(catalogue(), indent=1) + "\n"
+
+
+def write_catalogue(path: str | Path | None = None) -> bool:
+    """Write `catalogue.json` when it differs from the engine's registries; True when it changed."""
+    text, path = catalogue_text(), Path(path or CATALOGUE_FILE)
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import errno
 import glob
 import io
 import json
@@ -25,6 +26,12 @@ from .registry import ConfigError
 CSV_META_PREFIX = "# dimat-bench meta: "
 
 
+# A cell's metrics.csv: one row per agent and evaluation (written by run.py, read by aggregate.py).
+CELL_METRIC_COLUMNS = ["round", "agent", "phase", "test_acc", "test_loss", "own_acc", "own_loss", "consensus_distance",
+                       "messages_sent", "bytes_sent", "train_loss", "train_acc", "lr", "seconds_train",
+                       "seconds_communicate", "seconds_evaluate"]
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step,
@@ -39,8 +46,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:  # name the file a write failed on (a full disk names none)
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# Faults of the machine, not of a cell: a job that meets one fails (no failure record, which would
+# read as the cell's result) and a rerun computes it once the fault is gone.
+MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def failed_write(path: str | os.PathLike, needed: int, error: Exception) -> OSError:
+    """An OSError for a write that a library reported otherwise (torch.save raises RuntimeError when
+    the disk fills): ENOSPC when the folder has less than `needed` bytes free, else EIO."""
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        free = 0
+    if free < needed:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"write failed ({' '.join(str(error).split())[:120]})", str(path))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -213,11 +241,16 @@ class StagedDirectory:
             if exc_type is not None:
                 shutil.rmtree(self.path, ignore_errors=True)
                 return
-            (self.path / MARKER).write_text(json.dumps({"complete": True, "command": sys.argv}) + "\n")
-            if self.out.exists():
-                check_output_path(self.out, self.force)
-                shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
-            os.replace(self.path, self.out)
+            try:
+                with atomic_path(self.path / MARKER) as tmp:
+                    tmp.write_text(json.dumps({"complete": True, "command": sys.argv}) + "\n")
+                if self.out.exists():
+                    check_output_path(self.out, self.force)
+                    shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+                os.replace(self.path, self.out)
+            except BaseException:  # a full disk or a folder turned read-only at the last step
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise
         finally:
             self.lock.__exit__()
 

@@ -23,10 +23,10 @@ from . import config as cfg
 from .checkpoint import AgentsCheckpoint, CheckpointError, load_agents, save_agents
 from .data import ArrayDataset, DataError, balanced_subset, device_datasets, load_dataset
 from .devices import PRECISIONS, allow_tf32, check_device, check_environment, resolve_device, resolve_precision
-from .methods import METHODS, Method, MethodContext, MethodOptions, create_method
+from .methods import METHODS, LearningRateOptions, Method, MethodContext, create_method
 from .population import Population
 from .registry import ConfigError, Diverged, did_you_mean
-from .results import StagedDirectory, provenance, read_failure, write_csv, write_json
+from .results import CELL_METRIC_COLUMNS, StagedDirectory, provenance, read_failure, write_csv, write_json
 from .topology import GRAPHS, WEIGHTS, Topology, create_topology
 
 
@@ -83,7 +83,7 @@ class CellConfig:
     split by field name (`from_mapping`), recorded resolved (`to_dict`)."""
 
     run: RunConfig
-    options: MethodOptions
+    options: LearningRateOptions
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -142,7 +142,7 @@ def option_groups() -> list[tuple[type, list[dataclasses.Field], list[str]]]:
     classes: dict[type, list[str]] = {}
     for method in base_methods():
         for klass in method.Options.__mro__:
-            if dataclasses.is_dataclass(klass) and issubclass(klass, MethodOptions):
+            if dataclasses.is_dataclass(klass) and issubclass(klass, LearningRateOptions):
                 classes.setdefault(klass, []).append(method.name)
     groups, seen = [], set()
     for klass in sorted(classes, key=lambda k: (len(k.__mro__), k.__name__)):
@@ -164,10 +164,6 @@ def default_per_method(field: dataclasses.Field) -> str:
         return next(iter(by_value))
     return "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
 
-
-METRIC_COLUMNS = ["round", "agent", "phase", "test_acc", "test_loss", "own_acc", "own_loss", "consensus_distance",
-                  "messages_sent", "bytes_sent", "train_loss", "train_acc", "lr", "seconds_train",
-                  "seconds_communicate", "seconds_evaluate"]
 
 
 @dataclass
@@ -248,7 +244,7 @@ def build_cell(config: CellConfig) -> Cell:
 
 def metric_rows(round_index: int, phase: str, evaluated: list[dict], consensus: float, method: Method,
                 train_stats: list[dict] | None, lr: float | None, seconds: dict[str, float]) -> list[dict]:
-    """One `metrics.csv` row per agent for one evaluation (columns: METRIC_COLUMNS)."""
+    """One `metrics.csv` row per agent for one evaluation (columns: CELL_METRIC_COLUMNS)."""
     rows = []
     for i, e in enumerate(evaluated):
         trained = train_stats[i] if train_stats else {}
@@ -332,7 +328,7 @@ def write_cell(directory: Path, cell: Cell, rows: list[dict], seconds: float) ->
     save_agents(directory / "agents.pt", AgentsCheckpoint(ckpt.model, ckpt.num_classes, ckpt.width,
                                                           cell.population.state_dicts(), ckpt.shards,
                                                           ckpt.train_index, ckpt.class_counts, meta))
-    write_csv(directory / "metrics.csv", rows, METRIC_COLUMNS, meta)
+    write_csv(directory / "metrics.csv", rows, CELL_METRIC_COLUMNS, meta)
     write_json(directory / "meta.json", meta)
 
 

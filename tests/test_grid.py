@@ -38,8 +38,10 @@ def test_repeated_cells_count_once_and_only_filters_any_cell_key():
 
 
 def test_run_keys_reach_the_cells_whose_method_takes_them():
-    settings = config(ROW, run={"rounds": 3, "match_samples": 200, "lr": 0.1, "gossip_momentum": 0.5})
-    assert grid.run_options(settings, "dimat") == {"rounds": 3, "match_samples": 200, "lr": 0.1}
+    settings = config(ROW, run={"rounds": 3, "match_samples": 200, "lr": 0.1, "gossip_momentum": 0.5,
+                                "weight_decay": 1e-4})
+    assert grid.run_options(settings, "dimat") == {"rounds": 3, "match_samples": 200, "lr": 0.1, "weight_decay": 1e-4}
+    # gossip methods make their own update: they take the learning rate, not the local optimizer's keys
     assert grid.run_options(settings, "sgp") == {"rounds": 3, "lr": 0.1}
     assert grid.run_options(settings, "cdmsgd") == {"rounds": 3, "lr": 0.1, "gossip_momentum": 0.5}
     fixed = config(ROW, run={"match_samples": 200, "match_data": "local", "bn_reset": True})
@@ -57,10 +59,14 @@ def test_a_run_key_no_method_takes_fails_the_plan():
         grid.check_grid(config(ROW, run={"match_sample": 5}), grid.expand_grid(config(ROW)))
 
 
-@pytest.mark.parametrize("block,key,value", [("run", "seed", 3), ("run", "method", "wa"), ("run", "topology", "fc"),
-                                             ("run", "pretrained", "x"), ("run", "data_dir", "e"),
-                                             ("pretrain", "seed", 1), ("pretrain", "agents", 10),
-                                             ("pretrain", "dataset", "cifar100"), ("pretrain", "data_dir", "e")])
+# Every key a shared block may not set (what identifies a job, and where its data is).
+JOB_KEY_CASES = [("run", "seed", 3), ("run", "method", "wa"), ("run", "topology", "fc"), ("run", "pretrained", "x"),
+                 ("run", "data_dir", "e"), ("pretrain", "seed", 1), ("pretrain", "agents", 10),
+                 ("pretrain", "dataset", "cifar100"), ("pretrain", "data_dir", "e"), ("pretrain", "model", "vgg16_bn"),
+                 ("pretrain", "width", 2), ("pretrain", "split", "noniid")]
+
+
+@pytest.mark.parametrize("block,key,value", JOB_KEY_CASES)
 def test_a_shared_block_that_sets_what_identifies_a_job_fails_the_plan(block, key, value):
     """`run: {seed: 3}` would reach every cell's command line after its own `--seed` and win there
     (argparse keeps the last), while the plan and the tables believe the row's seeds."""

@@ -496,3 +496,92 @@ def test_a_diverging_pretraining_stops_as_a_result(data_dir, tmp_path, capsys):
     last = rows[rows["epoch"] == rows["epoch"].max()].set_index("agent")
     assert last.loc[meta["diverged"]["agents"], "test_acc"].isna().all()
     assert "diverged in epoch" in capsys.readouterr().out
+
+
+# --- faults of the machine: a full disk, a folder that turns read-only, SIGTERM ---------------------
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_a_full_disk_ends_a_cell_in_one_line_with_no_result_and_no_failure_record(pre, tmp_path):
+    """The cell's folder is a 300 KB tmpfs (a private mount namespace): its agents checkpoint cannot
+    fit. One line names the output and the cause; nothing is left that looks complete, no failure
+    record (a full disk is not the cell's result: exit 1, so the pipeline reruns it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = " ".join(map(str, [sys.executable, "-m", "dimat_bench", *long_run(pre, disk / "cell", rounds=1), "--quiet",
+                             "--record-failure"]))
+    script = (f"mount -t tmpfs -o size=300k tmpfs {disk} || exit 99; {run}; echo rc=$? >&2; "
+              f"df -k {disk} | tail -1 >&2; ls -A {disk} >&2")
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], capture_output=True,
+                            text=True, timeout=300)
+    assert "rc=99" not in result.stderr, f"cannot mount a tmpfs here: {result.stderr}"
+    error, status, df, *left = result.stderr.strip().splitlines()
+    assert status == "rc=1", result.stderr
+    assert one_error_line(error) == (f"error: {disk / 'cell'}: no space left on device writing agents.pt; nothing "
+                                     f"was written to {disk / 'cell'}: free some space and run the same command again")
+    assert left == [], f"left in the folder: {left}"  # no output, no staging folder, no lock, no record
+
+
+def writable_only_by_owner_prefix() -> list[str]:
+    # root may write anywhere: run without the capabilities that let root ignore permissions
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+
+def started(out: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the engine has created its staging folder for `out` (it is computing)."""
+    deadline = time.time() + timeout
+    while not list(out.parent.glob(f".partial-{out.name}-*")) and time.time() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    assert list(out.parent.glob(f".partial-{out.name}-*")), "the engine never started the cell"
+
+
+def test_a_folder_that_turns_read_only_mid_run_ends_in_one_line_and_a_rerun_completes(pre, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    out = shared / "cell"
+    process = subprocess.Popen([*writable_only_by_owner_prefix(), sys.executable, "-m", "dimat_bench",
+                                *map(str, long_run(pre, out, rounds=2)), "--quiet", "--record-failure"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started(out, process)
+    os.chmod(shared, 0o555)  # the folder turns read-only while the cell computes
+    try:
+        assert process.wait(timeout=300) == 1
+        line = one_error_line(process.stderr.read())
+        assert line.startswith(f"error: {out}: permission denied writing ") and \
+            line.endswith("make the folder writable and run the same command again"), line
+        # Nothing that looks complete; what a read-only folder keeps from being removed (the lock file,
+        # the emptied staging folder) is hidden, and the rerun clears it.
+        assert not out.exists() and all(p.name.startswith((".partial-cell-", ".cell.lock")) for p in shared.iterdir())
+    finally:
+        os.chmod(shared, 0o777)
+    rerun = engine(*long_run(pre, out, rounds=1), "--quiet")
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    assert (out / MARKER).is_file() and [p.name for p in shared.iterdir()] == ["cell"]
+
+
+@pytest.mark.parametrize("command", ["run", "pretrain"])
+def test_sigterm_mid_job_ends_in_one_line_leaves_nothing_and_a_rerun_completes(command, pre, data_dir, tmp_path):
+    """What a scheduler's time limit or scancel sends. Exit 143 (128 + SIGTERM), no failure record
+    even with --record-failure (a stopped job is not the cell's result), no staging folder left."""
+    out = tmp_path / "job"
+    argv = long_run(pre, out, rounds=50) if command == "run" else \
+        ["pretrain", "--data-dir", data_dir, "--agents", "3", "--epochs", "50", "--train-size", "120", "--out", out]
+    process = engine(*argv, "--quiet", "--record-failure")
+    started(out, process)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    assert one_error_line(process.stderr.read()) == (
+        f"error: {out}: stopped by SIGTERM before it finished; nothing was written there, and the same command "
+        "computes it again")
+    assert list(tmp_path.iterdir()) == []
+    rerun = engine(*(argv[:-4] + ["--rounds", "1", "--out", out] if command == "run" else
+                     [a if a != "50" else "1" for a in argv]), "--quiet")
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    assert (out / MARKER).is_file()

@@ -358,3 +358,36 @@ def test_diverged_and_failed_cells_are_listed_and_every_table_figure_and_the_rep
     embedded = re.search(r'"results/tables/main.md": \{.*?base64,([A-Za-z0-9+/=]+)', html).group(1)
     assert "Cells that did not complete (6 of 6)" in base64.b64decode(embedded).decode()
     assert "cells.csv" in html
+
+
+def test_a_grid_whose_every_cell_fails_lists_them_all_and_keeps_a_users_figures(tmp_path):
+    """Every cell fails (a test subset larger than the fixture's 200 test images, which the planner
+    cannot know): cells.csv, the main tables, the claims, the figures and the report are still built,
+    each failure listed. The figures folder keeps the user's own file and `.gitkeep`; the pipeline's
+    figures land beside them."""
+    config = yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())
+    config["grid"][0]["methods"] = ["wa", "local"]
+    config["run"] |= {"test_size": 250}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / ".gitkeep").write_text("")
+    (figures / "mine.png").write_bytes(b"a user's own figure")
+    args = ["--configfile", "config.yaml", "--config", f"data_dir={ROOT / 'tests' / 'data'}"]
+    result = snakemake("--cores", "2", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = pd.read_csv(tmp_path / "results" / "tables" / "cells.csv", comment="#")
+    assert list(status["status"]) == ["failed", "failed"] and status["detail"].str.contains("test_size: got 250").all()
+    markdown = (tmp_path / "results" / "tables" / "main.md").read_text()
+    assert "Cells that did not complete (2 of 2)" in markdown and markdown.count("- **failed** ") == 2
+    assert set(pd.read_csv(tmp_path / "results" / "tables" / "main.csv", comment="#")["note"]) == \
+        {"failed 1/1", "no cell ran"}
+    assert len(pd.read_csv(tmp_path / "results" / "tables" / "claims.csv", comment="#")) == 7
+    assert (figures / ".gitkeep").exists() and (figures / "mine.png").read_bytes() == b"a user's own figure"
+    assert (figures / "communication_cifar10_resnet20_1.png").exists()
+    # A rerun of the figures replaces the pipeline's own figures only.
+    rerun = snakemake("--cores", "2", "--forcerun", "figures", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (figures / "mine.png").exists() and (figures / ".gitkeep").exists()
+    report = snakemake("--report", "report.html", *args, cwd=tmp_path)
+    assert report.returncode == 0 and "cells.csv" in (tmp_path / "report.html").read_text(errors="replace")

@@ -39,6 +39,7 @@ ON_SLURM = ["--profile", str(ROOT / "profiles" / "slurm"), "--profile", str(TOOL
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "PYTHON": sys.executable}
 ENGINE_RULES = {"pretrain", "cell"}
+GPU_RULES = ENGINE_RULES | {"preflight"}  # the preflight runs where engine jobs run, to see their GPU
 TABLE_RULES = {"aggregate", "figures", "communication", "claims"}
 LOCAL_RULES = {"data", "all"}
 RUN_TIMEOUT = 600
@@ -242,7 +243,7 @@ def test_the_tiny_pipeline_runs_on_slurm_with_the_profiles_requests_and_gives_th
     assert sorted(job for job, _ in submitted.values()) == sorted(remote), \
         f"Snakemake jobs {sorted(remote)} vs submitted {sorted(submitted.values())}"
     rules = sorted(rule for _, rule in submitted.values())
-    assert rules == sorted(["pretrain", *["cell"] * TINY_CELLS, *TABLE_RULES]), rules
+    assert rules == sorted(["preflight", "pretrain", *["cell"] * TINY_CELLS, *TABLE_RULES]), rules
     assert squeue_states(run_id(log)).keys() == submitted.keys(), "SLURM lists other jobs under this run's name"
 
     # Each job completed, in the partition and with the CPUs, memory, GPUs and time the profile asks.
@@ -250,8 +251,8 @@ def test_the_tiny_pipeline_runs_on_slurm_with_the_profiles_requests_and_gives_th
         rule = info["rule"]
         assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), f"job {slurm} ({rule}): {info}"
         assert granted(info) == requested(rule), f"job {slurm} ({rule}) ran with {granted(info)}"
-        assert info["Partition"] == ("gpu" if rule in ENGINE_RULES else "cpu")
-        assert info.get("TresPerJob", "").startswith("gres:gpu:") == (rule in ENGINE_RULES)
+        assert info["Partition"] == ("gpu" if rule in GPU_RULES else "cpu")
+        assert info.get("TresPerJob", "").startswith("gres:gpu:") == (rule in GPU_RULES)
 
     # The tables equal a local run's, whose engine jobs had as many threads as the SLURM jobs had.
     job_logs = "".join(p.read_text() for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")

@@ -13,13 +13,13 @@ PACKAGE = ROOT / "dimat_bench"
 LAYERS = [
     {"registry"},
     {"config", "results", "devices", "splits", "topology", "permutation"},
-    {"data", "models", "matching"},
+    {"data", "models", "matching", "plan"},
     {"population", "checkpoint"},
     {"methods"},
     {"pretrain", "run", "communication"},
     {"grid"},
     {"aggregate", "estimate"},
-    {"figures", "claims"},
+    {"figures", "claims", "preflight"},
     {"cli"},
     {"__main__", "__init__"},
 ]

@@ -6,10 +6,10 @@ registered name."""
 
 from __future__ import annotations
 
-from .base import (EVERY_ROUND, EVERY_STEP, METHODS, NEVER, Method, MethodContext, MethodOptions, Schedule,
-                   create_method, register, variant)
+from .base import (EVERY_ROUND, EVERY_STEP, METHODS, NEVER, LearningRateOptions, Method, MethodContext, MethodOptions,
+                   Schedule, create_method, register, variant)
 from . import gossip, local, merge  # noqa: E402,F401  (register the built-in methods)
 from . import variants  # noqa: E402,F401  (after the methods they vary)
 
-__all__ = ["EVERY_ROUND", "EVERY_STEP", "METHODS", "NEVER", "Method", "MethodContext", "MethodOptions", "Schedule",
-           "create_method", "register", "variant"]
+__all__ = ["EVERY_ROUND", "EVERY_STEP", "METHODS", "NEVER", "LearningRateOptions", "Method", "MethodContext",
+           "MethodOptions", "Schedule", "create_method", "register", "variant"]

@@ -26,12 +26,23 @@ from ..topology import Topology
 
 
 @dataclass(frozen=True)
-class MethodOptions:
-    """every method: the local optimizer"""
+class LearningRateOptions:
+    """every method: the learning rate and its decay"""
 
-    optimizer: str = cfg.option("adam", "local optimizer: adam or sgd", choices=lambda: list(OPTIMIZERS))
     lr: float = cfg.option(1e-3, "learning rate", min=0.0)
     lr_decay: float = cfg.option(1.0, "learning-rate factor applied after every epoch", min=0.0, max=1.0)
+
+    def optimizer_spec(self) -> OptimizerSpec:
+        """What the population trains with. A method that makes its own update (gossip) takes only the
+        learning-rate schedule; the population's plain SGD is then never stepped."""
+        return OptimizerSpec("sgd", self.lr, 0.0, 0.0, self.lr_decay)
+
+
+@dataclass(frozen=True)
+class MethodOptions(LearningRateOptions):
+    """methods that train with a local optimizer (merge methods, local)"""
+
+    optimizer: str = cfg.option("adam", "local optimizer: adam or sgd", choices=lambda: list(OPTIMIZERS))
     momentum: float = cfg.option(0.9, "SGD momentum of the local optimizer (Adam ignores it)", min=0.0, max=1.0)
     weight_decay: float = cfg.option(0.0, "L2 weight decay", min=0.0)
     reset_optimizer: bool = cfg.option(True, "re-create the optimizer at the start of every round")
@@ -143,7 +154,7 @@ class Method:
     def train(self, epochs: int, after_step: Callable[[int], None] | None = None) -> list[dict]:
         """E local epochs; the optimizer is re-created first when `reset_optimizer` says so. With a
         step schedule, `exchange` runs after every `period`-th step of the run."""
-        if self.options.reset_optimizer:
+        if getattr(self.options, "reset_optimizer", False):
             self.population.reset_optimizers()
         schedule = self.schedule(self.options)
 

@@ -11,18 +11,16 @@ import numpy as np
 import torch
 
 from .. import config as cfg
-from .base import Method, MethodOptions, out_degrees, register, round_train_stats
+from .base import LearningRateOptions, Method, out_degrees, register, round_train_stats
 
 
 @dataclass(frozen=True)
-class GossipOptions(MethodOptions):
-    """gossip methods: the authors' SGD, lr 0.01 decayed ×0.981 per epoch, never re-created"""
+class GossipOptions(LearningRateOptions):
+    """gossip methods: the authors' lr 0.01 decayed ×0.981 per epoch (the step is the method's own
+    update rule, so no optimizer, momentum, weight decay or optimizer reset)"""
 
-    optimizer: str = cfg.redefault(MethodOptions, "optimizer", "sgd")
-    lr: float = cfg.redefault(MethodOptions, "lr", 0.01)
-    lr_decay: float = cfg.redefault(MethodOptions, "lr_decay", 0.981)
-    momentum: float = cfg.redefault(MethodOptions, "momentum", 0.0)
-    reset_optimizer: bool = cfg.redefault(MethodOptions, "reset_optimizer", False)
+    lr: float = cfg.redefault(LearningRateOptions, "lr", 0.01)
+    lr_decay: float = cfg.redefault(LearningRateOptions, "lr_decay", 0.981)
 
 
 @dataclass(frozen=True)

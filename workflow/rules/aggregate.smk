@@ -40,7 +40,7 @@ rule communication:
     log:
         f"{RESULTS}/tables/communication.log",
     conda:
-        "../envs/tables.yaml"
+        "../envs/engine.yaml"  # bytes per message: the models' parameter counts
     script:
         "../scripts/communication.py"
 

@@ -9,7 +9,7 @@ rule cell:
     benchmark:
         f"{CELL_DIR}.benchmark.tsv"
     params:
-        flags=lambda wildcards: grid.flags(grid.run_options(config, wildcards.method)),
+        flags=lambda wildcards: plan.flags(plan.run_options(config, wildcards.method)),
         data_dir=data_dir,
         gpu_slots=gpu_slots,
     threads: 1

@@ -1,26 +1,19 @@
-from pathlib import Path
-
 from snakemake.utils import validate
 
-from dimat_bench import grid
+# The plan, not the engine: this file imports no torch (dimat_bench/plan.py; docs/engine.md#layers).
+from dimat_bench import plan
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
-CLAIMS_FILE = str(Path(grid.__file__).with_name("claims.yaml"))  # the claims the `claims` rule checks
+CLAIMS_FILE = str(plan.CLAIMS_FILE)  # the claims the `claims` rule checks
 
-
-def visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-# Engine jobs hold one GPU slot each where there are GPUs (a GPU has `gpu_slots` of them;
-# `--resources gpu=G×gpu_slots` lets that many run at once). On a CPU-only host they hold none and run
-# side by side, one thread each, as many as there are cores.
-ENGINE_GPUS = 1 if visible_gpus() else 0
+# Engine jobs hold one GPU slot each where this host shows NVIDIA GPUs (read from the driver, not
+# CUDA; a GPU has `gpu_slots` slots and `--resources gpu=G×gpu_slots` lets that many run at once:
+# the profile's). On a CPU-only host they hold none and run side by side, one thread each, as many as
+# there are cores; profiles/slurm sets the claim itself, for the compute nodes.
+ENGINE_GPUS = 1 if plan.host_gpus() else 0
 DATA_MANIFEST = f"{RESULTS}/data/{{dataset}}.json"
 PRETRAIN_DIR = f"{RESULTS}/pretrain/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}"
 CELL_DIR = f"{RESULTS}/cells/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}/{{topology}}/{{method}}"
@@ -36,9 +29,10 @@ wildcard_constraints:
     method="[a-z0-9_]+",
 
 
-# One dict per cell (every grid row expanded, then filtered), checked by the engine before any job.
-CELLS = grid.expand_grid(config)
-grid.check_grid(config, CELLS)
+# One dict per cell (every grid row expanded, then filtered), checked here as far as the config alone
+# shows; the engine checks every cell in the first job (preflight.smk).
+CELLS = plan.expand_grid(config)
+plan.check_config(config, CELLS)
 DATASETS = sorted({cell["dataset"] for cell in CELLS})
 
 
@@ -48,7 +42,7 @@ def cell_dirs():
 
 def pretrain_dir(cell) -> str:
     """The pretraining a cell starts from: its own seed's, or seed 0's when seeds share one."""
-    return PRETRAIN_DIR.format(**{**cell, "seed": grid.pretrain_seed(config, cell)})
+    return PRETRAIN_DIR.format(**{**cell, "seed": plan.pretrain_seed(config, cell)})
 
 
 def pretrain_dirs():
@@ -56,7 +50,7 @@ def pretrain_dirs():
 
 
 def cell_pretrained(wildcards):
-    return pretrain_dir({key: getattr(wildcards, key) for key in grid.CELL_KEYS})
+    return pretrain_dir({key: getattr(wildcards, key) for key in plan.CELL_KEYS})
 
 
 def data_dir(wildcards, output):

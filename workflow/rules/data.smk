@@ -5,12 +5,14 @@ localrules:
 rule data:
     """Cache one dataset in data_dir (downloading it when absent) and validate it: once per dataset,
     before any pretraining. Local on a cluster: compute nodes often have no internet."""
+    input:
+        rules.preflight.output,
     output:
         DATA_MANIFEST,
     log:
         f"{RESULTS}/data/{{dataset}}.log",
     params:
-        flags=grid.flags({k: v for k, v in config["pretrain"].items() if k == "download"}),
+        flags=plan.flags({k: v for k, v in config["pretrain"].items() if k == "download"}),
         data_dir=data_dir,
     conda:
         "../envs/engine.yaml"

@@ -9,7 +9,7 @@ rule pretrain:
     benchmark:
         f"{PRETRAIN_DIR}.benchmark.tsv"
     params:
-        flags=grid.flags(config["pretrain"]),
+        flags=plan.flags(config["pretrain"]),
         data_dir=data_dir,
         gpu_slots=gpu_slots,
     threads: 1

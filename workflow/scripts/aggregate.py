@@ -4,7 +4,7 @@ import sys
 
 import pandas as pd
 
-from dimat_bench import grid
+from dimat_bench import plan
 from dimat_bench.aggregate import (POINTS, TABLE_LIBRARIES, agent_means, caption, cell_provenance, cell_status,
                                    collect_cells, curves, final_accuracy, main_table, to_latex, to_markdown)
 from dimat_bench.results import provenance, write_table
@@ -13,7 +13,7 @@ sys.stderr = open(snakemake.log[0], "w")
 meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES, cells=cell_provenance(snakemake.input))
 # The cell directories are the grid's cells in order (common.smk's cell_dirs): failed cells take their
 # settings from the grid, and every other cell is checked against it.
-cells = grid.expand_grid(snakemake.config)
+cells = plan.expand_grid(snakemake.config)
 status = cell_status(snakemake.input, cells)
 metrics = collect_cells(snakemake.input)
 final = final_accuracy(metrics, status)
@@ -25,7 +25,7 @@ write_table(snakemake.output.curves, pd.concat([curves(means, p) for p in POINTS
 seeds = snakemake.config.get("pretrain_seeds", "per_seed")
 # The rounds the cells ran to completion (a diverged cell stops early); the config's when none did.
 rounds = final.loc[final["status"] == "complete", "rounds"]
-rounds = rounds if len(rounds) else [grid.cell_config(snakemake.config, cells[0]).run.rounds]
+rounds = rounds if len(rounds) else [plan.run_setting(snakemake.config, "rounds")]
 for point, stem in (("paper", "main"), ("after_train", "main_after_train")):
     table, text = main_table(final, point), caption(point, seeds, rounds)
     write_table(snakemake.output[f"{stem}_csv"], table.to_csv(index=False), meta | {"caption": text})

@@ -8,10 +8,11 @@ import pandas as pd
 
 from dimat_bench.aggregate import collect_cells
 from dimat_bench.claims import load_claims
-from dimat_bench.figures import accuracy_curves, class_counts, communication_figure, merge_penalty_figure
+from dimat_bench.figures import accuracy_curves, class_counts, communication_figure, merge_penalty_figure, publish
 
 sys.stderr = open(snakemake.log[0], "w")
 out = Path(snakemake.output[0])
+out.mkdir(parents=True, exist_ok=True)  # built even when no cell has results
 metrics = collect_cells(snakemake.input.cells)
 accuracy_curves(metrics, out, load_claims()["references"])
 merge_penalty_figure(pd.read_csv(snakemake.input.final, comment="#"), out)
@@ -24,3 +25,5 @@ for pretrained in snakemake.input.pretrained:
     title = "{dataset} {split}, {agents} agents, seed {seed}".format(**pre)
     class_counts(pd.read_csv(Path(pretrained) / "class_counts.csv", comment="#"), title, out / name)
 communication_figure(pd.read_csv(snakemake.input.communication, comment="#"), out)
+published = publish(out, snakemake.params.figures_dir)
+print(f"{len(published)} figures in {snakemake.params.figures_dir}", file=sys.stderr)
