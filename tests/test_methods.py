@@ -23,8 +23,10 @@ def local_twin(name, cifar10, n_agents=3, **population):
     momentum)."""
     options = METHODS.get(name).build_options()
     mu = getattr(options, "gossip_momentum", None)
-    spec = OptimizerSpec(options.optimizer, options.lr, options.momentum if mu is None else mu, 0.0,
-                         options.lr_decay, nesterov=mu is not None)
+    # gossip methods take no optimizer: local training with theirs is plain SGD at their learning rate
+    optimizer, momentum = getattr(options, "optimizer", "sgd"), getattr(options, "momentum", 0.0)
+    spec = OptimizerSpec(optimizer, options.lr, momentum if mu is None else mu, 0.0, options.lr_decay,
+                         nesterov=mu is not None)
     return make_population(cifar10, n_agents=n_agents, optimizer=spec, **population)[0]
 
 
@@ -45,7 +47,8 @@ def test_under_disconnected_every_method_is_just_local_training(name, cifar10):
         assert schedule.exchanges(min(population.steps_per_epoch()), 1, 1) >= 1
     method.train(1)
     twin = local_twin(name, cifar10, **data)
-    method_for("local", twin, create_topology("disconnected", 3), reset_optimizer=options.reset_optimizer).train(1)
+    reset = getattr(options, "reset_optimizer", False)  # gossip methods take none: their step is their own
+    method_for("local", twin, create_topology("disconnected", 3), reset_optimizer=reset).train(1)
     for a, b in zip(population.state_dicts(), twin.state_dicts()):
         assert states_equal(a, b, atol=1e-5)
 
@@ -94,7 +97,8 @@ def exercising(name, cifar10, rounds=2):
                                     train_index=images)
     method = create_method(name, MethodContext(population, create_topology("ring", 5), options, seed=0))
     twin = local_twin(name, cifar10, n_agents=5, batch_size=5, train_index=images)
-    twin_method = method_for("local", twin, create_topology("ring", 5), reset_optimizer=options.reset_optimizer)
+    reset = getattr(options, "reset_optimizer", False)
+    twin_method = method_for("local", twin, create_topology("ring", 5), reset_optimizer=reset)
     counts = []
     for r in range(1, rounds + 1):
         if schedule.unit == "round":
