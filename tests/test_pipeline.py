@@ -232,7 +232,7 @@ BAD_CONFIGS = [
     (bad_grid(topology="star"), "topology: got 'star'"),
     (bad_grid(agents=1), "agents"),
     ({"grid": []}, "grid"),
-    ({"communication": {"agents": [5], "topologies": ["star"]}}, "topology: got 'star'"),
+    ({"communication": {"agents": [5], "topologies": ["star"]}}, "communication.topologies: got 'star'"),
     ({"run": {"match_sample": 5}}, "run.match_sample: got 5; allowed: keys of `python -m dimat_bench run --help`"),
     (bad_grid(split=["iid", "nonid"]), "split: got 'nonid'"),
     ({"only": {"methods": ["wa"]}}, "only: got 'methods'; allowed: cell keys: dataset, model"),
