@@ -27,7 +27,8 @@ from dimat_bench.population import Population
 from dimat_bench.results import MARKER
 
 SECONDS = 10  # "within seconds": generous for a loaded 2-core CI machine; real failures take < 1 s
-ALL_METHODS = sorted(__import__("dimat_bench.methods", fromlist=["METHODS"]).METHODS.names())
+METHODS = __import__("dimat_bench.methods", fromlist=["METHODS"]).METHODS
+ALL_METHODS = sorted(METHODS.names())
 
 
 @pytest.fixture(scope="module")
@@ -436,7 +437,8 @@ def test_a_read_only_output_folder(pre, tmp_path):
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_a_diverging_cell_is_a_result(method, pre, tmp_path, capsys):
     out = tmp_path / "cell"
-    assert main(["run", "--pretrained", str(pre), "--method", method, "--optimizer", "sgd", "--lr", "1e6",
+    sgd = ["--optimizer", "sgd"] if "optimizer" in METHODS.get(method).settable_keys() else []  # gossip: its own
+    assert main(["run", "--pretrained", str(pre), "--method", method, *sgd, "--lr", "1e6",
                  "--rounds", "3", "--epochs-per-round", "1", "--out", str(out), "--quiet"]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "diverged" and meta["diverged"]["agents"] and 0 <= meta["diverged"]["round"] <= 3
