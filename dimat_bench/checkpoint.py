@@ -56,7 +56,7 @@ def save_agents(path: str | os.PathLike, ckpt: AgentsCheckpoint) -> None:
     with atomic_path(path) as tmp:
         try:
             torch.save(payload, tmp)
-        except RuntimeError as error:  # torch's writer reports a failed write (a full disk) so
+        except RuntimeError as error:  # torch's writer reports a failed write (a full disk) as RuntimeError
             needed = sum(t.nbytes for t in payload["agents"][0].values()) * len(payload["agents"])
             raise failed_write(path, needed, error) from None
 

@@ -250,6 +250,13 @@ class Estimate:
     def job_flops(self, job: Job) -> float:
         return sum(count * self.flops[job.key][phase] for phase, count in job.images.items())
 
+    def total_flops(self) -> float:
+        return sum(self.job_flops(job) for job in self.jobs)
+
+    def gpu_hours(self, gpu: str, utilisation: float) -> float:
+        """The FLOPs at `utilisation` of `gpu`'s dense bf16 peak (GPUS)."""
+        return self.total_flops() / (GPUS[gpu][1] * utilisation) / 3600
+
     def job_seconds(self, job: Job) -> float:
         return self.startup + sum(count * self.seconds[job.key][phase] for phase, count in job.images.items())
 
@@ -321,13 +328,13 @@ def render(result: Estimate, gpu: str, utilisation: float, parallel: int) -> str
                 f"{r['images_matching']:>10,} {r['images_bn_reset']:>10,}  {teraflop(r['gflop']):>10}")
         lines.append(line + (f"  {hms(r['seconds'])}" if "seconds" in r else ""))
     totals = {p: sum(job.images.get(p, 0) for job in result.jobs) for p in PHASES}
-    flops = sum(result.job_flops(job) for job in result.jobs)
+    flops = result.total_flops()
     name, peak = GPUS[gpu]
     lines += ["", f"{len(result.jobs)} engine jobs ({sum(j.kind == 'pretrain' for j in result.jobs)} pretrainings); "
               "images by phase: " + ", ".join(f"{p} {totals[p]:,}" for p in PHASES if totals[p]),
               f"FLOPs (torch.utils.flop_counter, per phase): {flops:.3g} "
               f"({', '.join(f'{p} {phase_flops(result, p):.2g}' for p in PHASES if totals[p])})",
-              f"GPU-hours: {flops / (peak * utilisation) / 3600:,.3g} on an {name} at {utilisation:.0%} of its "
+              f"GPU-hours: {result.gpu_hours(gpu, utilisation):,.3g} on an {name} at {utilisation:.0%} of its "
               f"dense bf16 peak ({peak / 1e12:.0f} TFLOP/s)"]
     if result.seconds is not None:
         total = sum(result.job_seconds(job) for job in result.jobs)

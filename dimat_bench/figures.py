@@ -14,6 +14,7 @@ import pandas as pd
 
 from .aggregate import agent_means, curves, setting_label
 from .plan import SETTING_KEYS
+from .results import atomic_path, write_json
 
 
 def _pyplot():
@@ -208,8 +209,6 @@ def publish(built: str | Path, figures_dir: str | Path) -> list[Path]:
     """Copy the figures the pipeline built (`built`, its own directory under results_dir) into
     `figures_dir`, the user's folder: files the previous publication put there and this one does not
     are removed, and nothing else is touched (a user's own files, `.gitkeep`). Each copy is atomic."""
-    from .results import atomic_path, write_json
-
     built, target = Path(built), Path(figures_dir)
     target.mkdir(parents=True, exist_ok=True)
     manifest = target / PUBLISHED

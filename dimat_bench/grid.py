@@ -9,6 +9,7 @@ schedules; and `catalogue()` writes what the planner must know of the engine (`c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -120,15 +121,21 @@ def plan(path: str | Path) -> str:
 def catalogue() -> dict:
     """What `plan` must know of the engine, from its registries: the run keys with their defaults,
     every key `run` and `pretrain` take, each method's family and the options a config may set, and
-    the registered names (datasets, splits, topologies, models)."""
+    the registered names (datasets, splits, topologies, models). Built once per set of registered
+    names (a method registered at run time makes a new one), so the planner may ask per cell."""
+    return _catalogue(tuple(METHODS.names()), tuple(MODELS.names()))
+
+
+@functools.lru_cache(maxsize=4)
+def _catalogue(methods: tuple[str, ...], models: tuple[str, ...]) -> dict:
     run_defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     methods = {name: {"family": METHODS.get(name).family, "variant_of": METHODS.get(name).variant_of,
-                      "settable": sorted(METHODS.get(name).settable_keys())} for name in METHODS.names()}
+                      "settable": sorted(METHODS.get(name).settable_keys())} for name in methods}
     return {"about": "written by `python -m dimat_bench catalogue --write` from the engine's registries; "
                      "tests/test_plan.py checks it (docs/engine.md#layers)",
             "run_keys": {key: run_defaults[key] for key in RUN_KEYS}, "cell_keys": list(CellConfig.keys()),
             "pretrain_keys": cfg.keys(PretrainConfig), "methods": methods, "datasets": DATASETS.names(),
-            "splits": SPLITS.names(), "topologies": GRAPHS.names(), "models": MODELS.names()}
+            "splits": SPLITS.names(), "topologies": GRAPHS.names(), "models": list(models)}
 
 
 planner.LIVE_CATALOGUE = catalogue  # the planner, in this process, reads the registries themselves

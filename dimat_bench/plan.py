@@ -175,7 +175,7 @@ def host_gpus(environ: Mapping[str, str] = os.environ, proc: Path = Path("/proc/
     by CUDA_VISIBLE_DEVICES when it is set (an empty value or -1 hides them all). Decides only
     whether engine jobs claim a `gpu` slot; how many run at once is the profile's `--resources gpu=`."""
     try:
-        present = len([entry for entry in proc.iterdir()])
+        present = sum(1 for _ in proc.iterdir())
     except OSError:
         present = 0
     visible = environ.get("CUDA_VISIBLE_DEVICES")

@@ -39,9 +39,7 @@ def check(config: Mapping[str, Any], gpus: int, cores: int | None = None, gpu: s
     `gpus` this host shows the engine, `cores` it has."""
     cores = cores or os.cpu_count() or 1
     result = cost.estimate(config, calibrate_host=False)
-    flops = sum(result.job_flops(job) for job in result.jobs)
-    name, peak = cost.GPUS[gpu]
-    gpu_hours = flops / (peak * utilisation) / 3600
+    flops, gpu_hours, name = result.total_flops(), result.gpu_hours(gpu, utilisation), cost.GPUS[gpu][0]
     cpu_hours = flops / (CPU_FLOPS * cores) / 3600
     summary = (f"{len(result.jobs)} engine jobs, {flops:.3g} FLOPs: {gpu_hours:,.3g} GPU-hours on an {name} at "
                f"{utilisation:.0%} of its peak; about {duration(cpu_hours)} on this host's {cores} CPU cores")
