@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import signal
 import sys
 import traceback
@@ -20,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from . import config as cfg
 from .registry import ConfigError
-from .results import MACHINE_FAULTS, write_failure
+from .results import MACHINE_FAULTS, REMEDY, Terminated, on_sigterm, write_failure
 
 
 def _commands():
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return own[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     config_class, entry_point, _ = _commands()[args.command]
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         entry_point(cfg.resolve(config_class, args), args.out, force=args.force, progress=not args.quiet)
     except input_errors() as error:
@@ -104,20 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-class Terminated(BaseException):
-    """The process was asked to stop (SIGTERM: a scheduler's time limit, scancel, kill). Not an
-    Exception, so no `except Exception` records it as the cell's failure."""
-
-
-def _terminate(signum, frame):
-    raise Terminated(signal.Signals(signum).name)
-
-
-REMEDY = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
-          errno.EROFS: "make the folder writable", errno.EACCES: "make the folder writable",
-          errno.EPERM: "make the folder writable", errno.EIO: "check the disk"}
 
 
 def fail(args: argparse.Namespace, error: BaseException) -> int:

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step,
     on failure it is removed, so `path` is either absent, the old file, or complete."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # a read-only or full folder: name the file meant, not the temporary one
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -57,6 +61,65 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 # Faults of the machine, not of a cell: a job that meets one fails (no failure record, which would
 # read as the cell's result) and a rerun computes it once the fault is gone.
 MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+REMEDY = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
+          errno.EROFS: "make the folder writable", errno.EACCES: "make the folder writable",
+          errno.EPERM: "make the folder writable", errno.EIO: "check the disk"}
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM: a scheduler's time limit, scancel, kill). Not an
+    Exception, so no `except Exception` records it as the cell's failure."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def workflow_job(name: str, log: str | os.PathLike) -> Iterator[io.TextIOBase]:
+    """The frame of a workflow script (aggregate, claims, communication, figures, estimate,
+    preflight). Its stderr goes to `log`. A fault of the machine or of a file (a full disk, a folder
+    that turns read-only, a file that cannot be read), an error in its inputs (ConfigError) or
+    SIGTERM ends it in one line naming the job, the file and the cause, on the job's stderr (which
+    Snakemake shows) and in the log, with exit status 1 (143 for SIGTERM). Snakemake then removes the
+    job's outputs, each written atomically, so nothing looks complete, and the same command runs the
+    job again. Any other error is a bug and keeps its traceback, in the log. Yields the job's stderr."""
+    console = sys.stderr
+    try:
+        sys.stderr = open(log, "w")
+    except OSError as error:
+        print(f"error: {name}: {fault(error, log)}", file=console)
+        raise SystemExit(1) from None
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield console
+        line = None
+    except OSError as error:
+        line, status = f"error: {name}: {fault(error, log)}", 1
+    except ConfigError as error:
+        line, status = f"error: {name}: {error}", 1
+    except Terminated as stop:
+        line, status = f"error: {name}: stopped by {stop} before it finished; the same command runs it again", 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        log_file, sys.stderr = sys.stderr, console
+    if line is not None:
+        print(line, file=console, flush=True)
+        with contextlib.suppress(OSError):  # a full disk may refuse the log its line too
+            print(line, file=log_file, flush=True)
+    with contextlib.suppress(OSError):
+        log_file.close()
+    if line is not None:
+        raise SystemExit(status)
+
+
+def fault(error: OSError, default: str | os.PathLike) -> str:
+    """`path: cause; remedy`, for an OSError met reading or writing (the file it names, else `default`)."""
+    cause = (error.strerror or str(error)).lower()
+    remedy = REMEDY.get(error.errno, "fix it")
+    return f"{error.filename or default}: {cause}; {remedy} and run the same command again"
 
 
 def failed_write(path: str | os.PathLike, needed: int, error: Exception) -> OSError:

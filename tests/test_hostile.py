@@ -587,3 +587,127 @@ def test_sigterm_mid_job_ends_in_one_line_leaves_nothing_and_a_rerun_completes(c
                      [a if a != "50" else "1" for a in argv]), "--quiet")
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     assert (out / MARKER).is_file()
+
+
+
+# --- faults of the machine in the workflow's own jobs (tables, claims, figures, estimate, preflight) -----
+
+ROOT = Path(__file__).resolve().parent.parent
+# Each job's folder, the outputs Snakemake removes before it runs, and the first file it writes.
+REPORT_JOBS = {
+    "aggregate": ("results/tables", ["cells.csv", "metrics.csv", "final.csv", "curves.csv", "main.csv", "main.md",
+                                     "main.tex", "main_after_train.csv", "main_after_train.md",
+                                     "main_after_train.tex"], "cells.csv"),
+    "communication": ("results/tables", ["communication.csv", "communication.md"], "communication.csv"),
+    "claims": ("results/tables", ["claims.csv", "claims.md"], "claims.csv"),
+    "figures": ("results/figures", [], "class_counts_cifar10_resnet20_1_2_noniid_seed0.png"),
+    "estimate": ("results", ["estimate.md", "estimate.csv"], "estimate.md"),
+    "preflight": ("results", ["preflight.json"], "preflight.json"),
+}
+
+
+@pytest.fixture(scope="module")
+def workflow_scripts(tmp_path_factory, data_dir) -> Path:
+    """A tiny pipeline whose cells all fail at once (a test subset larger than the fixture's), run with
+    `--skip-script-cleanup`: Snakemake keeps each job's script with its `snakemake` object pickled in,
+    so a case reruns exactly what Snakemake ran, in a copy of this folder, with a fault in its way."""
+    import yaml
+
+    work = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())
+    config["grid"][0]["methods"] = ["wa", "local"]
+    config["run"] |= {"test_size": 250}
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2",
+                             "--skip-script-cleanup", "all", "estimate", "preflight", "--configfile", "config.yaml",
+                             "--config", f"data_dir={data_dir}"], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+def job_copy(workflow_scripts: Path, tmp_path: Path, job: str) -> tuple[Path, list[str]]:
+    """A copy of the pipeline's folder with `job`'s outputs removed (as Snakemake does before a job),
+    and the command that runs the job's script there."""
+    work = tmp_path / "work"
+    shutil.copytree(workflow_scripts, work, symlinks=True)
+    folder, outputs, _ = REPORT_JOBS[job]
+    for name in outputs:
+        (work / folder / name).unlink(missing_ok=True)
+    if job == "figures":  # a directory output: emptied
+        shutil.rmtree(work / folder)
+        (work / folder).mkdir()
+    scripts = list((work / ".snakemake" / "scripts").glob(f"*.{job}.py"))
+    assert len(scripts) == 1, scripts
+    return work, [sys.executable, str(scripts[0])]
+
+
+def left_outputs(work: Path, job: str) -> list[str]:
+    folder, outputs, _ = REPORT_JOBS[job]
+    return sorted(p.name for p in (work / folder).iterdir()
+                  if p.name in outputs or job == "figures" or p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("job", sorted(REPORT_JOBS))
+def test_a_workflow_job_whose_folder_is_read_only_ends_in_one_line(job, workflow_scripts, tmp_path):
+    """The job's folder is read-only (its log, from the run before, stays writable): exit 1, one line
+    on the job's stderr naming the job, the file and the cause, no traceback, the same line in the
+    log, and nothing of the job's left in the folder."""
+    work, command = job_copy(workflow_scripts, tmp_path, job)
+    folder, _, first = REPORT_JOBS[job]
+    os.chmod(work / folder, 0o555)
+    try:
+        result = subprocess.run([*writable_only_by_owner_prefix(), *command], cwd=work, capture_output=True,
+                                text=True, timeout=300)
+    finally:
+        os.chmod(work / folder, 0o755)
+    assert result.returncode == 1, result.stderr
+    said = result.stderr.split("\n", 1)[1] if job == "preflight" else result.stderr  # its cost comes first
+    line = one_error_line(said)
+    assert line == (f"error: {job}: {folder}/{first}: permission denied; make the folder writable and run the "
+                    "same command again"), line
+    log = {"figures": "results/figures.log"}.get(job, f"{folder}/{job}.log")
+    assert (work / log).read_text().strip().splitlines()[-1] == line
+    assert left_outputs(work, job) == []
+
+
+def test_a_full_disk_ends_the_aggregation_in_one_line_and_a_rerun_completes(workflow_scripts, tmp_path):
+    """The tables' folder is a 16 KB tmpfs (4 pages: the log and three tables fit, the fourth does not)."""
+    work, command = job_copy(workflow_scripts, tmp_path, "aggregate")
+    tables = work / "results" / "tables"
+    kept = tmp_path / "kept"
+    shutil.move(tables, kept)
+    tables.mkdir()
+    script = (f"mount -t tmpfs -o size=16k tmpfs {tables} || exit 99; cp {kept}/communication.csv {tables}; "
+              f"{' '.join(command)}; echo rc=$? >&2; ls -A {tables} >&2")
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], cwd=work,
+                            capture_output=True, text=True, timeout=300)
+    assert "rc=99" not in result.stderr, f"cannot mount a tmpfs here: {result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    status = next(i for i, text in enumerate(lines) if text.startswith("rc="))
+    assert lines[status] == "rc=1", result.stderr
+    line = one_error_line("\n".join(lines[:status]))
+    assert line.startswith("error: aggregate: results/tables/") and \
+        line.endswith(": no space left on device; free some space and run the same command again"), line
+    assert not [name for name in lines[status + 1:] if name.endswith(".tmp")]  # every table written is whole
+    rerun = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300)  # space again
+    assert rerun.returncode == 0, rerun.stderr
+    assert left_outputs(work, "aggregate") == sorted(REPORT_JOBS["aggregate"][1])
+
+
+def test_sigterm_ends_a_workflow_job_in_one_line(workflow_scripts, tmp_path):
+    """The estimate's calibration is stopped by SIGTERM (a scheduler's limit): exit 143, one line."""
+    work, command = job_copy(workflow_scripts, tmp_path, "estimate")
+    log = work / "results" / "estimate.log"
+    log.unlink()
+    process = subprocess.Popen(command, cwd=work, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text()) and time.time() < deadline:  # calibrating
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    assert one_error_line(process.stderr.read()) == \
+        "error: estimate: stopped by SIGTERM before it finished; the same command runs it again"
+    assert left_outputs(work, "estimate") == []

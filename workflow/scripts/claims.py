@@ -6,17 +6,17 @@ import pandas as pd
 
 from dimat_bench.aggregate import TABLE_LIBRARIES, markdown_table
 from dimat_bench.claims import claims_table
-from dimat_bench.results import provenance, write_table
+from dimat_bench.results import provenance, workflow_job, write_table
 
-sys.stderr = open(snakemake.log[0], "w")
-read = lambda path: pd.read_csv(path, comment="#")  # noqa: E731
-curves = read(snakemake.input.curves)
-table = claims_table({"final": read(snakemake.input.final), "curves": curves[curves["point"] == "paper"],
-                      "communication": read(snakemake.input.communication)})
-meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES)
-write_table(snakemake.output.csv, table.to_csv(index=False), meta)
-intro = ("The paper's claims (dimat_bench/claims.yaml) checked on this grid, at the paper's measurement point: "
-         "holds / fails = beyond the seeds' spread (the larger standard deviation over seeds), inconclusive = "
-         "within it or one seed only, not run = the grid lacks the cells. References are the only ones known; "
-         "\"unknown\" is never replaced by a guess.\n\n")
-write_table(snakemake.output.markdown, intro + markdown_table(table), meta)
+with workflow_job("claims", snakemake.log[0]):
+    read = lambda path: pd.read_csv(path, comment="#")  # noqa: E731
+    curves = read(snakemake.input.curves)
+    table = claims_table({"final": read(snakemake.input.final), "curves": curves[curves["point"] == "paper"],
+                          "communication": read(snakemake.input.communication)})
+    meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES)
+    write_table(snakemake.output.csv, table.to_csv(index=False), meta)
+    intro = ("The paper's claims (dimat_bench/claims.yaml) checked on this grid, at the paper's measurement point: "
+             "holds / fails = beyond the seeds' spread (the larger standard deviation over seeds), inconclusive = "
+             "within it or one seed only, not run = the grid lacks the cells. References are the only ones known; "
+             "\"unknown\" is never replaced by a guess.\n\n")
+    write_table(snakemake.output.markdown, intro + markdown_table(table), meta)

@@ -7,12 +7,12 @@ import pandas as pd
 
 from dimat_bench.aggregate import TABLE_LIBRARIES, markdown_table
 from dimat_bench.grid import communication_rows
-from dimat_bench.results import provenance, write_table
+from dimat_bench.results import provenance, workflow_job, write_table
 
-sys.stderr = open(snakemake.log[0], "w")
-manifests = [json.loads(open(path).read()) for path in snakemake.input]
-table = pd.DataFrame(communication_rows(snakemake.params.settings, manifests))
-meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES)
-write_table(snakemake.output.csv, table.to_csv(index=False), meta)
-shown = table.assign(MB_per_epoch=(table["bytes_per_epoch"] / 1e6).round(2)).drop(columns="bytes_per_epoch")
-write_table(snakemake.output.markdown, markdown_table(shown), meta)
+with workflow_job("communication", snakemake.log[0]):
+    manifests = [json.loads(open(path).read()) for path in snakemake.input]
+    table = pd.DataFrame(communication_rows(snakemake.params.settings, manifests))
+    meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES)
+    write_table(snakemake.output.csv, table.to_csv(index=False), meta)
+    shown = table.assign(MB_per_epoch=(table["bytes_per_epoch"] / 1e6).round(2)).drop(columns="bytes_per_epoch")
+    write_table(snakemake.output.markdown, markdown_table(shown), meta)
