@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from . import estimate as cost
 from .plan import truthy
 
-CPU_FLOPS = 1.0e11  # FLOP/s one core reached (config/cpu.yaml's estimate: 6.8e14 FLOP in 1.6 core-hours)
+CPU_FLOPS = 1.0e11  # FLOP/s per core: config/cpu.yaml, 6.8e14 FLOP, ran in 52 min 26 s on 2 cores (docs/results.md)
 CPU_HOURS_LIMIT = 24.0
 CPU_CONFIGS = ("make quick (config/quick.yaml, about 11 minutes on 2 cores)",
                "config/cpu.yaml (about an hour on 2 cores): snakemake --cores all --configfile config/cpu.yaml")

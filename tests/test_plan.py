@@ -113,7 +113,7 @@ def test_the_preflight_stops_the_paper_grid_on_a_host_without_a_gpu_and_names_th
     assert not stopped.ok and stopped.message.startswith("preflight: stopped before any engine job")
     assert "GPU-scale" in stopped.message and "make quick" in stopped.message and "config/cpu.yaml" in stopped.message
     assert "confirm_cost=true" in stopped.message and "612 engine jobs" in stopped.message
-    # the estimate's 349 H100-hours (README); decades at CPU_FLOPS on 2 cores
+    # the estimate's 349 H100-hours (docs/results.md); decades at CPU_FLOPS on 2 cores
     assert round(stopped.gpu_hours) == 349 and stopped.cpu_hours > 10 * 24 * 365
     assert preflight.check(paper_config() | {"confirm_cost": "true"}, gpus=0, cores=2).ok
     assert preflight.check(paper_config() | {"confirm_cost": True}, gpus=0, cores=2).ok
@@ -125,6 +125,28 @@ def test_the_preflight_lets_a_cpu_sized_grid_start_without_asking():
     quick = plan.load_pipeline_config(ROOT / "config" / "quick.yaml")
     result = preflight.check(quick, gpus=0, cores=2)
     assert result.ok and result.cpu_hours < preflight.CPU_HOURS_LIMIT and "no GPU; a CPU-sized grid" in result.message
+
+
+def test_the_preflight_stops_a_grid_just_over_the_cpu_limit_unless_confirmed_or_a_gpu_is_there(monkeypatch):
+    """The gate itself, fast: the quick grid with the limit moved to its cost on 2 cores. At the limit
+    it starts; just over it, it stops unless the config confirms (a YAML bool or `--config
+    confirm_cost=...`'s string) or the host has a GPU; on twice the cores it takes half the hours.
+    The grid's FLOPs are counted once (the count is the estimate's, tested there)."""
+    quick = plan.load_pipeline_config(ROOT / "config" / "quick.yaml")
+    counted = preflight.cost.estimate(quick, calibrate_host=False)
+    monkeypatch.setattr(preflight.cost, "estimate", lambda config, calibrate_host: counted)
+    hours = preflight.check(quick, gpus=0, cores=2).cpu_hours
+    assert hours == pytest.approx(counted.total_flops() / (preflight.CPU_FLOPS * 2) / 3600, rel=1e-12)
+    assert preflight.check(quick, gpus=0, cores=1).cpu_hours == pytest.approx(2 * hours, rel=1e-12)
+    monkeypatch.setattr(preflight, "CPU_HOURS_LIMIT", hours)
+    assert preflight.check(quick, gpus=0, cores=2).ok
+    monkeypatch.setattr(preflight, "CPU_HOURS_LIMIT", hours * (1 - 1e-9))
+    stopped = preflight.check(quick, gpus=0, cores=2)
+    assert not stopped.ok and stopped.message.startswith("preflight: stopped before any engine job")
+    assert preflight.check(quick, gpus=0, cores=4).ok
+    assert preflight.check(quick, gpus=1, cores=2).ok
+    for value, ok in ((True, True), ("true", True), ("yes", True), (False, False), ("false", False), ("no", False)):
+        assert preflight.check(quick | {"confirm_cost": value}, gpus=0, cores=2).ok is ok, value
 
 
 def test_the_preflight_checks_every_cell_as_the_engine_does():
