@@ -70,8 +70,26 @@ def input_errors() -> tuple[type[Exception], ...]:
     return ConfigError, DataError, CheckpointError, UnsupportedModel
 
 
+ENGINE_PACKAGES = ("torch", "torchvision")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every command; in an environment without the engine's packages (e.g. the one that only runs
+    Snakemake, workflow/envs/snakemake.yaml), one line saying what is missing instead of a traceback."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run_command(argv)
+    except ModuleNotFoundError as error:
+        if error.name not in ENGINE_PACKAGES:
+            raise
+        name = argv[0] if argv else "--help"
+        print(f"error: python -m dimat_bench {name} needs {error.name} (the engine), which this Python "
+              f"({sys.executable}) lacks: pip install -r requirements.lock there, or check a pipeline config "
+              "without the engine with snakemake -n", file=sys.stderr)
+        return 2
+
+
+def run_command(argv: list[str]) -> int:
     own = {"plan": plan, "estimate": estimate, "catalogue": catalogue}
     if argv[:1] and argv[0] in own:
         return own[argv[0]](argv[1:])

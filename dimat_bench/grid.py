@@ -111,7 +111,8 @@ def plan(path: str | Path) -> str:
         cells = expand_grid(config)
         check_grid(config, cells)
     except ConfigError as error:
-        raise ConfigError(error.field, error.value, error.allowed, f"in {path}") from None
+        where = f"{error.hint} (in {path})" if error.hint else f"in {path}"
+        raise ConfigError(error.field, error.value, error.allowed, where) from None
     pretrainings = {tuple(sorted(cfg.to_dict(pretrain_config(config, c)).items())) for c in cells}
     datasets = sorted({c["dataset"] for c in cells})
     return (f"{path}: {len(cells)} cells from {len(pretrainings)} pretrainings on {', '.join(datasets)}; "

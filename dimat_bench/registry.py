@@ -12,7 +12,7 @@ class ConfigError(ValueError):
     """Bad user input: names the field, the bad value and what is allowed."""
 
     def __init__(self, field: str, value, allowed: str, hint: str = ""):
-        self.field, self.value, self.allowed = field, value, allowed
+        self.field, self.value, self.allowed, self.hint = field, value, allowed, hint
         message = f"{field}: got {value!r}; allowed: {allowed}"
         if hint:
             message += f". {hint}"

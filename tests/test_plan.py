@@ -26,6 +26,20 @@ def test_the_plan_and_report_modules_import_no_torch():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("argv", [["plan", "config/quick.yaml"], ["estimate", "config/quick.yaml"],
+                                  ["run", "--help"], ["--help"]], ids=["plan", "estimate", "run", "help"])
+def test_a_command_that_needs_the_engine_says_so_in_one_line_where_torch_is_missing(argv):
+    """The environment that runs Snakemake holds no torch: `python -m dimat_bench plan` (the engine's
+    strict check) names what is missing instead of ending in a traceback."""
+    code = NO_TORCH + f"from dimat_bench.cli import main\nraise SystemExit(main({argv!r}))\n"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        f"error: python -m dimat_bench {argv[0]} needs torch (the engine), which this Python ({sys.executable}) "
+        "lacks: pip install -r requirements.lock there, or check a pipeline config without the engine with "
+        "snakemake -n"]
+
+
 def snakemake_without_torch(*args, cwd=ROOT):
     code = NO_TORCH + f"from snakemake.cli import main\nsys.argv = ['snakemake', *{list(args)!r}]\nmain()\n"
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
