@@ -68,9 +68,28 @@ SHARED_PASS = "tests/test_speed_paths.py::test_the_shared_pass_merges_as_the_per
 CHUNKS = "tests/test_speed_paths.py::test_a_matching_memory_cap_streams_each_batch_in_chunks_and_finds_the_same_permutations"
 DECLARED = "tests/test_estimate.py::test_a_methods_declared_images_are_what_its_merge_runs"
 
+# Faults of the machine (a full disk, SIGTERM) and the planning layer (issue 14's preflight, the user's figures).
+RESULTS = "tests/test_results.py::"
+TORCH_SAVE = RESULTS + "test_a_failed_torch_save_is_an_oserror_naming_the_checkpoint"
+UNNAMED_WRITE = RESULTS + "test_a_failed_write_that_names_no_file_is_named_by_the_file_being_written"
+SIGNAL_STOP = RESULTS + "test_a_run_stopped_by_a_signal_leaves_nothing"
+SIGTERM = "tests/test_run.py::test_sigterm_while_a_command_computes_ends_it_in_one_line_with_exit_143_and_restores_the_handler"
+GATE = "tests/test_plan.py::test_the_preflight_stops_a_grid_just_over_the_cpu_limit_unless_confirmed_or_a_gpu_is_there"
+PUBLISH = ("tests/test_figures.py::"
+           "test_publishing_replaces_the_pipelines_own_figures_and_never_touches_a_file_it_did_not_write")
+SHARED_BLOCK = "tests/test_grid.py::test_a_shared_block_that_sets_what_identifies_a_job_fails_the_plan"
+FLAGS = "tests/test_grid.py::test_engine_flags_quote_what_the_shell_would_split"
+WIDTHS = "tests/test_aggregate.py::test_two_widths_of_any_model_are_two_columns_of_the_main_table"
+HOSTILE = "tests/test_hostile.py::"
+WF_READ_ONLY = HOSTILE + "test_a_workflow_job_whose_folder_is_read_only_ends_in_one_line"
+WF_FULL_DISK = HOSTILE + "test_a_full_disk_ends_the_aggregation_in_one_line_and_a_rerun_completes"
+WF_SIGTERM = HOSTILE + "test_sigterm_ends_a_workflow_job_in_one_line"
+
 MERGE_PY, MATCHING_PY = "dimat_bench/methods/merge.py", "dimat_bench/matching.py"
 GOSSIP_PY, AGGREGATE_PY = "dimat_bench/methods/gossip.py", "dimat_bench/aggregate.py"
 BASE_PY = "dimat_bench/methods/base.py"
+CHECKPOINT_PY, RESULTS_PY, CLI_PY = "dimat_bench/checkpoint.py", "dimat_bench/results.py", "dimat_bench/cli.py"
+PREFLIGHT_PY, FIGURES_PY, PLAN_PY = "dimat_bench/preflight.py", "dimat_bench/figures.py", "dimat_bench/plan.py"
 
 MUTANTS: list[Mutant] = [
     Mutant("dimat shared pass: every neighbour gets the first neighbour's permutation", MERGE_PY,
@@ -195,6 +214,78 @@ MUTANTS: list[Mutant] = [
     Mutant("matching memory cap: a batch's last chunk dropped", MATCHING_PY,
            "for part in images.split(chunk) if chunk else (images,):",
            "for part in images.split(chunk)[:-1] if chunk else (images,):", (CHUNKS,)),
+    # Faults of the machine: a full disk is an OSError naming the file (exit 1, no failure record).
+    Mutant("full disk: torch.save's RuntimeError re-raised as it is, not as an OSError", CHECKPOINT_PY,
+           "raise failed_write(path, needed, error) from None", "raise", (TORCH_SAVE,)),
+    Mutant("full disk: the checkpoint's size counted as 0 bytes (a full disk reported as EIO)", CHECKPOINT_PY,
+           'needed = sum(t.nbytes for t in payload["agents"][0].values()) * len(payload["agents"])', "needed = 0",
+           (TORCH_SAVE,)),
+    Mutant("full disk: failed_write converts with EIO where the folder has no room", RESULTS_PY,
+           "return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))",
+           "return OSError(errno.EIO, os.strerror(errno.ENOSPC), str(path))", (TORCH_SAVE,)),
+    Mutant("full disk: a failed write that names no file is not named by its target", RESULTS_PY,
+           "if error.filename is None:", "if False:", (UNNAMED_WRITE,)),
+    # SIGTERM (a scheduler's time limit): one line, exit 143, nothing left that looks complete.
+    Mutant("SIGTERM: main installs no handler (the signal reaches the caller's)", CLI_PY,
+           "previous = signal.signal(signal.SIGTERM,", "previous = signal.getsignal(signal.SIGTERM); (signal.SIGTERM,",
+           (SIGTERM,)),
+    Mutant("SIGTERM: the stopped command exits 0", CLI_PY,
+           "return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)", "return 0",
+           (SIGTERM,)),
+    Mutant("SIGTERM: main leaves its handler installed after it returns", CLI_PY,
+           "    finally:\n        signal.signal(signal.SIGTERM, previous)", "    finally:\n        pass", (SIGTERM,)),
+    Mutant("SIGTERM: a stop that is no Exception publishes the half-written output", RESULTS_PY,
+           "if exc_type is not None:", "if exc_type is not None and issubclass(exc_type, Exception):",
+           (SIGNAL_STOP,)),
+    # The preflight: a GPU-scale grid on a host without a GPU stops unless the config confirms it.
+    Mutant("preflight: confirm_cost ignored", PREFLIGHT_PY,
+           'if truthy(config.get("confirm_cost", False)):', "if False:", (GATE,)),
+    Mutant("preflight: confirm_cost read with bool (the string 'false' confirms)", PREFLIGHT_PY,
+           'truthy(config.get("confirm_cost", False))', 'bool(config.get("confirm_cost", False))', (GATE,)),
+    Mutant("preflight: the CPU-hours comparison inverted", PREFLIGHT_PY,
+           "cpu_hours <= CPU_HOURS_LIMIT:", "cpu_hours >= CPU_HOURS_LIMIT:", (GATE,)),
+    Mutant("preflight: the CPU-hours limit not tested (every GPU-less host stops)", PREFLIGHT_PY,
+           "if gpus or cpu_hours <= CPU_HOURS_LIMIT:", "if gpus:", (GATE,)),
+    Mutant("preflight: the host's GPUs ignored", PREFLIGHT_PY,
+           "if gpus or cpu_hours <= CPU_HOURS_LIMIT:", "if cpu_hours <= CPU_HOURS_LIMIT:", (GATE,)),
+    Mutant("preflight: the host's cores ignored (the CPU time of one core)", PREFLIGHT_PY,
+           "cpu_hours = flops / (CPU_FLOPS * cores) / 3600", "cpu_hours = flops / CPU_FLOPS / 3600", (GATE,)),
+    # publish: the user's figures folder loses only what the last publication put there.
+    Mutant("publish: every file in the folder that is not a new figure removed (.gitkeep, a user's own)",
+           FIGURES_PY, "for stale in sorted(before - set(names)):",
+           "for stale in sorted({p.name for p in target.iterdir() if p.is_file()} - set(names)):", (PUBLISH,)),
+    Mutant("publish: the manifest lists every file of the folder (the next publication removes the user's)",
+           FIGURES_PY, 'write_json(manifest, {"files": names,',
+           'write_json(manifest, {"files": sorted(p.name for p in target.iterdir() if p.is_file()),', (PUBLISH,)),
+    Mutant("publish: a manifest entry naming a path outside the folder removed", FIGURES_PY,
+           'if "/" not in stale and stale != PUBLISHED:', "if stale != PUBLISHED:", (PUBLISH,)),
+    Mutant("publish: the last publication's figures never removed", FIGURES_PY,
+           "(target / stale).unlink(missing_ok=True)", "None", (PUBLISH,)),
+    # The plan: what identifies a job is set per job, never by a shared block; flags reach the shell intact.
+    Mutant("plan: `seed` in a shared run: block not rejected", PLAN_PY,
+           '"run": ["method", "topology", "seed", "pretrained", "data_dir"]',
+           '"run": ["method", "topology", "pretrained", "data_dir"]', (f"{SHARED_BLOCK}[run-seed-3]",)),
+    Mutant("plan: a shared pretrain: block may set the pretraining's cell keys", PLAN_PY,
+           'JOB_KEYS = {"pretrain": PRETRAIN_KEYS + ["data_dir"]', 'JOB_KEYS = {"pretrain": ["data_dir"]',
+           (f"{SHARED_BLOCK}[pretrain-seed-1]", f"{SHARED_BLOCK}[pretrain-width-2]")),
+    Mutant("plan.flags: values not shell-quoted", PLAN_PY, "{shlex.quote(str(value))}", "{value}", (FLAGS,)),
+    Mutant("plan.flags: a False switch passed as the switch itself", PLAN_PY,
+           'cfg.flag(key) if value else "--no-" + cfg.flag(key)[2:]', "cfg.flag(key)", (FLAGS,)),
+    Mutant("setting_label: the width shown for vgg16_bn only (two ResNet-20 widths share a column)",
+           "dimat_bench/aggregate.py", "{row['model']}×{row['width']}",
+           "{row['model']}{'×' + str(row['width']) if row['model'] == 'vgg16_bn' else ''}", (WIDTHS,)),
+    # Workflow jobs (aggregate, claims, figures, ...): a fault of the machine ends them in one line.
+    Mutant("workflow_job: an OSError not caught (the job ends in a traceback)", RESULTS_PY,
+           "    except OSError as error:\n        line, status =", "    except ZeroDivisionError as error:\n        line, status =",
+           (f"{WF_READ_ONLY}[aggregate]", WF_FULL_DISK)),
+    Mutant("workflow_job: no SIGTERM handler installed (the job dies without its line)", RESULTS_PY,
+           "previous = signal.signal(signal.SIGTERM, on_sigterm)", "previous = signal.getsignal(signal.SIGTERM)",
+           (WF_SIGTERM,)),
+    Mutant("workflow_job: a fault's line goes to the log only, not to the console Snakemake shows", RESULTS_PY,
+           "        print(line, file=console, flush=True)", "        pass", (f"{WF_READ_ONLY}[aggregate]",)),
+    Mutant("atomic_path: a failed mkstemp names the temporary folder's entry, not the output", RESULTS_PY,
+           "raise OSError(error.errno, error.strerror or str(error), str(path)) from error\n    os.close(fd)",
+           "raise\n    os.close(fd)", (f"{WF_READ_ONLY}[aggregate]",)),
 ]
 
 

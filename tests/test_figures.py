@@ -1,6 +1,9 @@
 """The figures draw the numbers they claim to: the accuracy curves are the per-round means over
 agents and seeds at each measurement point, the communication figure's curves are the table's
-values (fractional schedules included). Figures are captured before they are saved."""
+values (fractional schedules included). Figures are captured before they are saved. Publishing them
+into the user's folder replaces only what the last publication put there."""
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -76,3 +79,43 @@ def test_the_communication_figure_draws_the_tables_values(captured, tmp_path):
     # dimat merges once per round of 3 epochs: a third of a merge's messages per epoch, not 0 or 1
     ring5 = table[(table["method"] == "dimat") & (table["topology"] == "ring") & (table["agents"] == 5)]
     assert ring5["messages_per_epoch"].item() == pytest.approx(10 / 3, rel=1e-15)
+
+
+def test_publishing_replaces_the_pipelines_own_figures_and_never_touches_a_file_it_did_not_write(tmp_path):
+    """`publish` copies the built figures into the user's folder and records them in its manifest;
+    the next publication removes those of the last that it does not bring again, and nothing else:
+    not `.gitkeep`, not a user's own figure, not a path outside the folder that an edited manifest names."""
+    def built(name, files):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, text in files.items():
+            (folder / file).write_text(text)
+        return folder
+
+    target = tmp_path / "figures"
+    target.mkdir()
+    (target / ".gitkeep").write_text("")
+    (target / "mine.png").write_text("a user's own figure")
+    manifest = target / figures.PUBLISHED
+
+    def listing():
+        return {p.name: p.read_text() for p in sorted(target.iterdir()) if p.is_file() and p != manifest}
+
+    first = built("first", {"a.png": "a first", "b.pdf": "b first"})
+    assert figures.publish(first, target) == [target / "a.png", target / "b.pdf"]
+    assert listing() == {".gitkeep": "", "a.png": "a first", "b.pdf": "b first", "mine.png": "a user's own figure"}
+    assert json.loads(manifest.read_text()) == {"files": ["a.png", "b.pdf"], "from": str(first)}
+
+    second = built("second", {"a.png": "a second", "c.png": "c second"})
+    assert figures.publish(second, target) == [target / "a.png", target / "c.png"]
+    assert listing() == {".gitkeep": "", "a.png": "a second", "c.png": "c second", "mine.png": "a user's own figure"}
+    assert json.loads(manifest.read_text()) == {"files": ["a.png", "c.png"], "from": str(second)}
+
+    (tmp_path / "elsewhere.png").write_text("outside the folder")
+    (target / "sub").mkdir()
+    (target / "sub" / "x.png").write_text("in a subfolder")
+    manifest.write_text(json.dumps({"files": ["a.png", "c.png", "../elsewhere.png", "sub/x.png"]}))
+    assert figures.publish(first, target) == [target / "a.png", target / "b.pdf"]
+    assert listing() == {".gitkeep": "", "a.png": "a first", "b.pdf": "b first", "mine.png": "a user's own figure"}
+    assert (tmp_path / "elsewhere.png").read_text() == "outside the folder"
+    assert (target / "sub" / "x.png").read_text() == "in a subfolder"

@@ -79,6 +79,8 @@ def test_a_shared_block_that_sets_what_identifies_a_job_fails_the_plan(block, ke
 
 def test_engine_flags_quote_what_the_shell_would_split():
     assert grid.flags({"edges": "0-1, 1-2", "lr": 0.1}) == "--edges '0-1, 1-2' --lr 0.1"
+    assert grid.flags({"bn_reset": False, "bn_momentum_cumulative": True, "match_samples": None}) == \
+        "--no-bn-reset --bn-momentum-cumulative --match-samples none"
 
 
 def test_the_paper_grid_is_a_few_rows_that_say_what_they_are_for():

@@ -1,6 +1,8 @@
-"""The `run` command: its config (run keys plus the chosen method's options), bad input, `--help`."""
+"""The `run` command: its config (run keys plus the chosen method's options), bad input, `--help`,
+SIGTERM."""
 
 import dataclasses
+import signal
 
 import pytest
 
@@ -103,3 +105,30 @@ def test_run_fails_before_compute_on_a_missing_or_corrupt_pretrained_dir(tmp_pat
                  "--out", str(tmp_path / "o")]) == 2
     assert "method sgp does not take it" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_while_a_command_computes_ends_it_in_one_line_with_exit_143_and_restores_the_handler(
+        tmp_path, capsys, monkeypatch):
+    """main turns SIGTERM (a scheduler's time limit, scancel) into one line and exit 128 + SIGTERM, not
+    a failure record even with --record-failure, and gives the caller its own handler back. (The
+    job itself is a stand-in here; test_hostile sends a real SIGTERM to a real job.)"""
+    def callers(signum, frame):
+        raise AssertionError("SIGTERM reached the caller's handler: the command installed none")
+
+    def computing(config, out, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # what the scheduler sends while the cell computes
+        raise AssertionError("the command went on after SIGTERM")
+
+    monkeypatch.setattr("dimat_bench.run.run_cell", computing)
+    previous = signal.signal(signal.SIGTERM, callers)
+    out = tmp_path / "cell"
+    try:
+        status = main(["run", "--pretrained", str(tmp_path / "pre"), "--out", str(out), "--quiet", "--record-failure"])
+        handler = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {out}: stopped by SIGTERM before it finished; nothing was written there, and the same command "
+        "computes it again"]
+    assert handler is callers
