@@ -84,6 +84,11 @@ HOSTILE = "tests/test_hostile.py::"
 WF_READ_ONLY = HOSTILE + "test_a_workflow_job_whose_folder_is_read_only_ends_in_one_line"
 WF_FULL_DISK = HOSTILE + "test_a_full_disk_ends_the_aggregation_in_one_line_and_a_rerun_completes"
 WF_SIGTERM = HOSTILE + "test_sigterm_ends_a_workflow_job_in_one_line"
+CLAIMS = "tests/test_claims.py::"
+INTERVAL = CLAIMS + "test_the_paired_interval_is_students_t_on_the_per_seed_differences"
+OLD_RULE = CLAIMS + "test_a_difference_the_old_spread_rule_called_holds_is_inconclusive_when_paired"
+PAIRING = CLAIMS + "test_seeds_pair_by_their_number_not_by_their_order_and_fewer_than_three_pairs_are_inconclusive"
+CLAIMS_PY = "dimat_bench/claims.py"
 
 MERGE_PY, MATCHING_PY = "dimat_bench/methods/merge.py", "dimat_bench/matching.py"
 GOSSIP_PY, AGGREGATE_PY = "dimat_bench/methods/gossip.py", "dimat_bench/aggregate.py"
@@ -286,6 +291,18 @@ MUTANTS: list[Mutant] = [
     Mutant("atomic_path: a failed mkstemp names the temporary folder's entry, not the output", RESULTS_PY,
            "raise OSError(error.errno, error.strerror or str(error), str(path)) from error\n    os.close(fd)",
            "raise\n    os.close(fd)", (f"{WF_READ_ONLY}[aggregate]",)),
+    # Verdicts: a paired t-interval over seeds, zero excluded in the claimed direction, at least 3 seeds.
+    Mutant("verdict: the normal quantile instead of Student's t (too narrow with 3-5 seeds)", CLAIMS_PY,
+           "float(student_t.ppf((1 + level) / 2, n - 1))", "1.959963984540054", (INTERVAL, OLD_RULE)),
+    Mutant("verdict: the differences' sd with n degrees of freedom", CLAIMS_PY,
+           "float(differences.std(ddof=1)) / math.sqrt(n)", "float(differences.std(ddof=0)) / math.sqrt(n)",
+           (INTERVAL,)),
+    Mutant("verdict: holds when the mean difference is positive, whatever the interval", CLAIMS_PY,
+           'verdict = "holds" if low > 0 else', 'verdict = "holds" if mean > 0 else', (OLD_RULE,)),
+    Mutant("verdict: two paired seeds judged", CLAIMS_PY, "    if n < MIN_SEEDS:\n", "    if n < 2:\n", (PAIRING,)),
+    Mutant("verdict: seeds paired by their order in the table, not by their number", CLAIMS_PY,
+           "differences = (ours - theirs).dropna()",
+           "differences = pd.Series(ours.to_numpy() - theirs.to_numpy()[:len(ours)]).dropna()", (PAIRING,)),
 ]
 
 

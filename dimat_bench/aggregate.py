@@ -26,7 +26,7 @@ POINTS = {
     "after_train": "every method after each round's training (the same number of training epochs)",
 }
 PRETRAINED = "pretrained"  # the main table's row of the agents before any round
-TABLE_LIBRARIES = ("pandas", "matplotlib", "snakemake")
+TABLE_LIBRARIES = ("pandas", "matplotlib", "scipy", "snakemake")
 
 
 # The settings collect_cells adds to every metrics row (cell_settings), with their types.

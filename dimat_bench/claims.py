@@ -1,16 +1,19 @@
 """A verdict on each of the paper's claims (`claims.yaml`) from a grid's results.
 
 One row per claim per setting it applies to, with our values (mean ± std over seeds, at the paper's
-measurement point), the reference value where one is known ("unknown" otherwise) and a verdict:
+measurement point), the reference value where one is known ("unknown" otherwise) and a verdict. A
+claim that one method beats another is judged on the per-seed differences (seeds of a setting share
+their pretraining and data split, so the two methods' values pair by seed), by a two-sided paired
+t-interval at LEVEL (95 %):
 
-- holds: the difference is in the claimed direction by more than the seeds' spread (the larger of
-  the two standard deviations over seeds), or a reference is matched within its tolerance;
-- fails: it goes the other way by more than the spread, or the reference is missed;
-- inconclusive: the difference lies within the spread, or there is one seed only (no spread to
-  judge a difference against);
+- holds: the interval lies wholly in the claimed direction (above zero), or a reference is matched
+  within its tolerance;
+- fails: it lies wholly in the other direction, or the reference is missed;
+- inconclusive: the interval contains zero, or fewer than MIN_SEEDS seeds pair up (the reason says so);
 - not run: the grid lacks the cells (or the rounds) the claim needs.
 
-Needs pandas; reads the tables `aggregate` writes."""
+docs/engine.md#protocols-measurement-points-and-verdicts says why this test and works an example.
+Needs pandas and scipy; reads the tables `aggregate` writes."""
 
 from __future__ import annotations
 
@@ -22,11 +25,14 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 import yaml
+from scipy.stats import t as student_t
 
 from .aggregate import setting_label
 from .plan import SETTING_KEYS
 
 VERDICTS = ("holds", "fails", "inconclusive", "not run")
+LEVEL = 0.95  # of the paired interval
+MIN_SEEDS = 3  # paired seeds a difference needs (with 2 the interval has one degree of freedom: t = 12.7)
 COLUMNS = ["claim", "statement", "setting", "ours", "reference", "verdict", "reason"]
 
 
@@ -44,14 +50,26 @@ def fmt(mean: float, std: float, unit: str = "") -> str:
     return f"{mean:.2f}{unit}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}{unit}"
 
 
-def compare(ours: tuple, theirs: tuple, baseline: str) -> tuple[str, str]:
-    """Verdict and a short account of "ours is larger than theirs" (each (mean, std, seeds))."""
-    difference = ours[0] - theirs[0]
-    if ours[2] < 2 or theirs[2] < 2:
-        return "inconclusive", f"{difference:+.2f} vs {baseline}"
-    spread = max(ours[1], theirs[1])
-    verdict = "holds" if difference > spread else "fails" if difference < -spread else "inconclusive"
-    return verdict, f"{difference:+.2f} vs {baseline} (spread {spread:.2f})"
+def paired_interval(differences: pd.Series, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high) of the two-sided Student t-interval at `level` for the mean of per-seed
+    differences: mean ± t_{(1+level)/2, n−1} · sd / √n (sd with n − 1 degrees of freedom)."""
+    n = len(differences)
+    mean = float(differences.mean())
+    half = float(student_t.ppf((1 + level) / 2, n - 1)) * float(differences.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def compare(ours: pd.Series, theirs: pd.Series, baseline: str) -> tuple[str, str]:
+    """Verdict and a short account of "ours is larger than theirs", each a per-seed Series (index:
+    seed), paired on the seeds both ran."""
+    differences = (ours - theirs).dropna()  # aligned on the seed index: only seeds both ran pair up
+    n = len(differences)
+    if n < MIN_SEEDS:
+        mean = float(differences.mean()) if n else math.nan
+        return "inconclusive", f"{mean:+.2f} vs {baseline} ({n} paired seed{'s' * (n != 1)})"
+    mean, low, high = paired_interval(differences)
+    verdict = "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
+    return verdict, f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] vs {baseline}"
 
 
 def combine(verdicts: list[str]) -> str:
@@ -97,15 +115,16 @@ def against_baselines(claim: dict, setting: dict, values: pd.DataFrame, column: 
     if broken:  # a diverged or failed cell has no value; averaging the other seeds would hide it
         return row | {"ours": "–", "verdict": "inconclusive",
                       "reason": f"{', '.join(broken)} diverged or failed in some seeds here: no {what} to compare"}
-    ours = seed_stats(ours_values)
-    stats = {b: seed_stats(per_seed(values, setting, b, column)) for b in present}
-    judged = [compare(ours, stats[b], b) for b in present]
+    theirs = {b: per_seed(values, setting, b, column) for b in present}
+    judged = [compare(ours_values, theirs[b], b) for b in present]
     missing = [b for b in claim["baselines"] if b not in present]
-    reason = f"{what}, {method} minus each baseline in points: " + ", ".join(r for _, r in judged)
-    if min(s[2] for s in [ours, *stats.values()]) < 2:
-        reason += "; one seed only: no spread to judge a difference against"
+    reason = (f"{what}, {method} minus each baseline in points, paired by seed, with its {LEVEL:.0%} "
+              "t-interval: " + ", ".join(r for _, r in judged))
+    if any(len((ours_values - theirs[b]).dropna()) < MIN_SEEDS for b in present):
+        reason += f"; fewer than {MIN_SEEDS} paired seeds: too few to judge a difference"
     reason += f"; not run: {', '.join(missing)}" if missing else ""
-    ours_text = "; ".join(f"{m} {fmt(*s[:2])}" for m, s in [(method, ours), *stats.items()])
+    stats = {m: seed_stats(v) for m, v in [(method, ours_values), *theirs.items()]}
+    ours_text = "; ".join(f"{m} {fmt(*s[:2])}" for m, s in stats.items())
     return row | {"ours": ours_text, "verdict": combine([v for v, _ in judged]), "reason": reason}
 
 

@@ -1,18 +1,26 @@
-"""Verdicts on the paper's claims, every branch on small synthetic result sets."""
+"""Verdicts on the paper's claims, every branch on small synthetic result sets, and the paired
+t-interval they rest on, against numbers worked by hand."""
+
+import math
 
 import pandas as pd
 import pytest
 
-from dimat_bench.claims import VERDICTS, claims_table, early_gain, load_claims
+from dimat_bench.claims import LEVEL, MIN_SEEDS, VERDICTS, claims_table, early_gain, load_claims, paired_interval
+
+T_975_2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # Student t's 97.5 % quantile at 2 degrees of freedom, in closed
+# form: (2p − 1) / √(2p(1 − p)); 4.3027, as tables give it
 
 SETTING = {"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 5, "split": "iid", "topology": "ring"}
 R1 = {"dataset": "cifar100", "model": "resnet20", "width": 8, "agents": 5, "split": "iid", "topology": "ring"}
 
 
-def final(values: dict, setting=SETTING, rounds=3) -> pd.DataFrame:
-    """A final-accuracy table: method -> per-seed accuracies in %."""
+def final(values: dict, setting=SETTING, rounds=3, seeds=None) -> pd.DataFrame:
+    """A final-accuracy table: method -> per-seed accuracies in % (seeds 0, 1, ... unless `seeds`
+    maps a method to its own seed numbers)."""
+    seeds = seeds or {}
     rows = [setting | {"method": m, "seed": s, "rounds": rounds, "initial_acc": 0.3, "paper_acc": v / 100}
-            for m, accs in values.items() for s, v in enumerate(accs)]
+            for m, accs in values.items() for s, v in zip(seeds.get(m, range(len(accs))), accs)]
     return pd.DataFrame(rows)
 
 
@@ -78,9 +86,11 @@ def test_early_gain_is_the_mean_over_the_first_tenth_of_the_rounds():
               "sgp": [[30, 33, 33] + [90] * 20] * 2}
     gains = early_gain(curves(values)).set_index("method")["gain"]
     assert gains["dimat"].tolist() == pytest.approx([6, 6]) and gains["sgp"].tolist() == pytest.approx([3, 3])
-    values["dimat"] = [[30, 35, 37] + rise, [30, 36, 37] + rise]  # spread 0.35 < 3 points ahead of sgp
+    # three seeds: dimat gains 6, 6.5, 7; sgp 3 in each: paired differences 3, 3.5, 4, all far above 0
+    values = {m: seeds + seeds[:1] for m, seeds in values.items()}
+    values["dimat"] = [[30, 35, 37] + rise, [30, 36, 37] + rise, [30, 36, 38] + rise]
     assert verdicts(one_claim("larger_early_gain"), curves=curves(values))[0] == ["holds"]
-    values["wa"] = [[30, 40, 40] + rise] * 2
+    values["wa"] = [[30, 40, 40] + rise] * 3
     assert verdicts(one_claim("larger_early_gain"), curves=curves(values))[0] == ["fails"]
 
 
@@ -110,3 +120,54 @@ def test_the_shipped_claims_are_the_seven_of_claims_md_with_known_checks():
     table = claims_table({"final": final({"dimat": [50, 51]}), "curves": curves({"dimat": [[30, 31]]}),
                           "communication": communication({"dimat": {(5, "ring"): 5.0}})}, data)
     assert set(table["claim"]) == {f"C{i}" for i in range(1, 8)} and set(table["verdict"]) <= set(VERDICTS)
+
+
+# --- the paired interval -----------------------------------------------------------------------------
+
+def test_the_paired_interval_is_students_t_on_the_per_seed_differences():
+    """Differences 1.0, 0.1, 1.4: mean 5/6, sd √(0.4433…) (n − 1 = 2), half-width t · sd / √3."""
+    mean, low, high = paired_interval(pd.Series([1.0, 0.1, 1.4]))
+    sd = math.sqrt(((1 - 5 / 6) ** 2 + (0.1 - 5 / 6) ** 2 + (1.4 - 5 / 6) ** 2) / 2)
+    assert LEVEL == 0.95 and MIN_SEEDS == 3
+    assert mean == pytest.approx(5 / 6, rel=1e-12)
+    assert (low, high) == pytest.approx((5 / 6 - T_975_2 * sd / math.sqrt(3), 5 / 6 + T_975_2 * sd / math.sqrt(3)),
+                                        rel=1e-12)
+    assert (round(low, 2), round(high, 2)) == (-0.82, 2.49)
+    mean, low, high = paired_interval(pd.Series([2.0, 2.0, 2.0, 2.0]))
+    assert (mean, low, high) == (2.0, 2.0, 2.0)  # no spread in the differences: the interval is the point
+
+
+def test_a_difference_the_old_spread_rule_called_holds_is_inconclusive_when_paired():
+    """dimat 10, 10.5, 11 against wa 9, 10.4, 9.6: the means differ by 0.83 points, more than either
+    method's std over seeds (0.50, 0.70): the old rule said holds. Seed by seed the differences are
+    1.0, 0.1, 1.4, and their 95 % interval [−0.82, +2.49] contains zero: inconclusive."""
+    data = one_claim("higher_final", baselines=["wa"])
+    result, table = verdicts(data, final=final({"dimat": [10, 10.5, 11], "wa": [9, 10.4, 9.6]}))
+    assert result == ["inconclusive"] and "+0.83 [-0.82, +2.49] vs wa" in table["reason"][0]
+    assert "paired by seed, with its 95% t-interval" in table["reason"][0]
+
+
+def test_a_small_difference_every_seed_agrees_on_holds_though_the_seeds_spread_widely():
+    """dimat 40, 50, 60 against wa 39, 49.2, 58.8: the seeds spread by 10 points (the old rule: inconclusive),
+    but dimat is ahead by 1.0, 0.8, 1.2 in each: interval [+0.50, +1.50], above zero: holds. Reversed: fails."""
+    data = one_claim("higher_final", baselines=["wa"])
+    result, table = verdicts(data, final=final({"dimat": [40, 50, 60], "wa": [39, 49.2, 58.8]}))
+    assert result == ["holds"] and "+1.00 [+0.50, +1.50] vs wa" in table["reason"][0]
+    result, table = verdicts(data, final=final({"dimat": [39, 49.2, 58.8], "wa": [40, 50, 60]}))
+    assert result == ["fails"] and "-1.00 [-1.50, -0.50] vs wa" in table["reason"][0]
+
+
+def test_seeds_pair_by_their_number_not_by_their_order_and_fewer_than_three_pairs_are_inconclusive():
+    data = one_claim("higher_final", baselines=["wa"])
+    # wa's rows come in reverse seed order: paired by seed the differences are 1.0, 0.8, 1.2 (holds); paired
+    # by position they would be −19.2, 0.8, 21.2 (inconclusive)
+    frame = final({"dimat": [40, 50, 60], "wa": [58.8, 49.2, 39]}, seeds={"wa": [2, 1, 0]})
+    assert verdicts(data, final=frame)[0] == ["holds"]
+    # seeds 0-2 against seeds 1-3: two pairs (51 − 10, 52 − 11) only, however clear the difference
+    result, table = verdicts(data, final=final({"dimat": [50, 51, 52], "wa": [10, 11, 12]}, seeds={"wa": [1, 2, 3]}))
+    assert result == ["inconclusive"]
+    assert "+41.00 vs wa (2 paired seeds)" in table["reason"][0]
+    assert "fewer than 3 paired seeds: too few to judge a difference" in table["reason"][0]
+    # two seeds each, 40 points apart in both: inconclusive, said in the reason
+    result, table = verdicts(data, final=final({"dimat": [50, 51], "wa": [10, 11]}))
+    assert result == ["inconclusive"] and "fewer than 3 paired seeds" in table["reason"][0]

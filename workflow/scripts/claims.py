@@ -16,7 +16,9 @@ with workflow_job("claims", snakemake.log[0]):
     meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES)
     write_table(snakemake.output.csv, table.to_csv(index=False), meta)
     intro = ("The paper's claims (dimat_bench/claims.yaml) checked on this grid, at the paper's measurement point: "
-             "holds / fails = beyond the seeds' spread (the larger standard deviation over seeds), inconclusive = "
-             "within it or one seed only, not run = the grid lacks the cells. References are the only ones known; "
+             "a difference between methods holds / fails when its 95 % paired t-interval over seeds (differences "
+             "paired by seed) lies wholly above / below zero, and is inconclusive when it contains zero or fewer "
+             "than 3 seeds pair up; a reference holds within its tolerance; not run = the grid lacks the cells. "
+             "References are the only ones known; "
              "\"unknown\" is never replaced by a guess.\n\n")
     write_table(snakemake.output.markdown, intro + markdown_table(table), meta)
