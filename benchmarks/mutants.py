@@ -89,6 +89,13 @@ INTERVAL = CLAIMS + "test_the_paired_interval_is_students_t_on_the_per_seed_diff
 OLD_RULE = CLAIMS + "test_a_difference_the_old_spread_rule_called_holds_is_inconclusive_when_paired"
 PAIRING = CLAIMS + "test_seeds_pair_by_their_number_not_by_their_order_and_fewer_than_three_pairs_are_inconclusive"
 CLAIMS_PY = "dimat_bench/claims.py"
+FINAL = "tests/test_final_merge.py::"
+FINAL_ALIGNED = FINAL + "test_the_aligned_merge_matches_every_agent_to_agent_zero_on_fresh_statistics"
+FINAL_COPIES = FINAL + "test_n_permuted_copies_merge_back_into_the_model_and_n_identical_models_are_left_unchanged"
+FINAL_CELL = FINAL + "test_a_cell_records_both_final_merges_and_leaves_its_agents_as_the_last_round_left_them"
+FINAL_TABLE = "tests/test_aggregate.py::test_the_final_merges_are_columns_of_final_csv_and_a_table_of_their_own"
+HAND_COUNTS = "tests/test_estimate.py::test_images_per_phase_are_the_hand_counts"
+FINAL_PY = "dimat_bench/final_merge.py"
 
 MERGE_PY, MATCHING_PY = "dimat_bench/methods/merge.py", "dimat_bench/matching.py"
 GOSSIP_PY, AGGREGATE_PY = "dimat_bench/methods/gossip.py", "dimat_bench/aggregate.py"
@@ -303,6 +310,24 @@ MUTANTS: list[Mutant] = [
     Mutant("verdict: seeds paired by their order in the table, not by their number", CLAIMS_PY,
            "differences = (ours - theirs).dropna()",
            "differences = pd.Series(ours.to_numpy() - theirs.to_numpy()[:len(ours)]).dropna()", (PAIRING,)),
+    # The final global merge: every agent aligned to agent 0 on fresh statistics, on copies, counted once.
+    Mutant("final merge: each agent aligned to the one before it, not to agent 0", FINAL_PY,
+           "[(0, j) for j in range(1, n)]", "[(j - 1, j) for j in range(1, n)]", (FINAL_ALIGNED, FINAL_COPIES)),
+    Mutant("final merge: matched on the agents' stale statistics", FINAL_PY,
+           "    reset_batchnorm(copies, batches(), False, population.autocast)\n", "", (FINAL_ALIGNED,)),
+    Mutant("final merge: the aligned merge keeps the averaged statistics (no reset after it)", FINAL_PY,
+           "    reset_batchnorm(aligned, batches(), False, population.autocast)\n", "", (FINAL_ALIGNED,)),
+    Mutant("final merge: the agents themselves reset and permuted (no copies)", FINAL_PY,
+           "copies = [copy.deepcopy(model) for model in population.models]", "copies = population.models",
+           (FINAL_ALIGNED, FINAL_CELL)),
+    Mutant("final merge: the plain average leaves the last agent out", FINAL_PY,
+           "average.load_state_dict(weighted_sum(states, [1 / n] * n))",
+           "average.load_state_dict(weighted_sum(states[:-1], [1 / (n - 1)] * (n - 1)))", (FINAL_ALIGNED,)),
+    Mutant("final merge: final.csv's average column reads the aligned merge", AGGREGATE_PY,
+           'final[f"{phase}_acc"] = last[last["phase"] == phase]',
+           'final[f"{phase}_acc"] = last[last["phase"] == "final_merge_aligned"]', (FINAL_TABLE,)),
+    Mutant("final merge: the estimate leaves it out", "dimat_bench/estimate.py", "    if run.final_merge:  # once per cell",
+           "    if False:  # once per cell", (HAND_COUNTS,)),
 ]
 
 

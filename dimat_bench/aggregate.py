@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import pandas as pd
 
@@ -24,6 +24,12 @@ POINTS = {
     "paper": "the authors' point: merge methods (DIMAT, WA, WM) right after each merge, gossip methods and "
              "local after each round's training",
     "after_train": "every method after each round's training (the same number of training epochs)",
+}
+# The final global merge of every cell's agents (final_merge.py): its metrics.csv phase -> what it is.
+FINAL_MERGES = {
+    "final_merge_average": "the plain average of all agents' final models (every parameter and buffer)",
+    "final_merge_aligned": "DIMAT's merge of all agents' final models, every agent aligned to agent 0 by activation "
+                           "matching on fresh BatchNorm statistics, equal weights, statistics recomputed after",
 }
 PRETRAINED = "pretrained"  # the main table's row of the agents before any round
 TABLE_LIBRARIES = ("pandas", "matplotlib", "scipy", "snakemake")
@@ -148,7 +154,8 @@ def curves(means: pd.DataFrame, point: str) -> pd.DataFrame:
 
 def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per cell: rounds run, the pretrained agents' accuracy (`initial_acc`), the last round's accuracy
-    at each measurement point (`<point>_acc`, fractions), and messages and bytes sent per agent.
+    at each measurement point (`<point>_acc`, fractions), the final global merges' (`final_merge_average_acc`,
+    `final_merge_aligned_acc`), and messages and bytes sent per agent.
     With `status` (`cell_status`): one row per cell of it, with its status and detail; a cell that
     is not complete has no final accuracy (NaN), whatever it reached before it diverged."""
     means = agent_means(metrics)
@@ -160,6 +167,8 @@ def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) ->
         at_point = curves(means, point)
         at_point = at_point[at_point["round"] == at_point.groupby(CELL_KEYS)["round"].transform("max")]
         final[f"{point}_acc"] = at_point.set_index(CELL_KEYS)["test_acc"]
+    for phase in FINAL_MERGES:  # NaN for a cell that ran without it
+        final[f"{phase}_acc"] = last[last["phase"] == phase].set_index(CELL_KEYS)["test_acc"]
     final["messages_per_agent"], final["bytes_per_agent"] = trained["messages_sent"], trained["bytes_sent"]
     penalty = merge_penalty(means).groupby(CELL_KEYS)["penalty"]
     final["merge_penalty_first"], final["merge_penalty_mean"] = penalty.first(), penalty.mean()
@@ -169,7 +178,7 @@ def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) ->
     keyed = status[CELL_KEYS + ["status", "detail"]].astype({k: str for k in CELL_KEYS})
     final = keyed.merge(final.astype({k: str for k in CELL_KEYS}), on=CELL_KEYS, how="left")
     final = final.astype({k: metrics[k].dtype for k in CELL_KEYS if k in metrics})
-    final.loc[final["status"] != "complete", [f"{point}_acc" for point in POINTS]] = float("nan")
+    final.loc[final["status"] != "complete", [f"{point}_acc" for point in [*POINTS, *FINAL_MERGES]]] = float("nan")
     return final[[c for c in final.columns if c not in ("status", "detail")] + ["status", "detail"]]
 
 
@@ -220,6 +229,59 @@ def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
     return pd.concat([table, pretrained[table.columns]], ignore_index=True).assign(point=point)
 
 
+FINAL_MERGE_COLUMNS = {"paper": "agents (paper point)", "final_merge_average": "average",
+                       "final_merge_aligned": "aligned"}
+
+
+def final_merge_table(final: pd.DataFrame) -> pd.DataFrame:
+    """Long table: per (method, setting), mean and std over seeds of the agents' final accuracy at
+    the paper's point and of each final global merge's (`point` says which), in percent, with the
+    `pretrained` row under the agents' column only."""
+    tables = []
+    for point in FINAL_MERGE_COLUMNS:
+        table = main_table(final, point)
+        if point != "paper":  # no pretrained row, and no entry where the cells ran without the merge
+            table = table[(table["method"] != PRETRAINED) & ~(table["mean"].isna() & (table["note"] == ""))]
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def by_setting(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Each setting's rows of a final-merge table, its measurements (FINAL_MERGE_COLUMNS) as the columns
+    `_formatted` pivots on."""
+    for setting, rows in table.groupby("setting", sort=True):
+        yield setting, rows.assign(setting=rows["point"].map(FINAL_MERGE_COLUMNS))
+
+
+def final_merge_markdown(table: pd.DataFrame, caption_text: str = "", status: pd.DataFrame | None = None) -> str:
+    """One Markdown table per setting: methods as rows; the agents' accuracy, the average and the aligned
+    merge as columns (best per column in bold)."""
+    parts = [caption_text] if caption_text else []
+    for setting, rows in by_setting(table):
+        wide = _formatted(rows, lambda s: f"**{s}**")
+        wide = wide[[c for c in FINAL_MERGE_COLUMNS.values() if c in wide.columns]]
+        parts += [f"**{setting}**", markdown_table(wide.reset_index()).rstrip("\n")]
+    listed = incomplete_cells(status) if status is not None else ""
+    return "\n\n".join(parts + ([listed.rstrip("\n")] if listed else [])) + "\n"
+
+
+def final_merge_latex(table: pd.DataFrame, caption_text: str = "") -> str:
+    """One tabular per setting, as the Markdown."""
+    parts = [f"% {caption_text}"] if caption_text else []
+    for setting, rows in by_setting(table):
+        parts += [f"% {setting}", to_latex(rows).rstrip("\n")]
+    return "\n".join(parts) + "\n"
+
+
+def final_merge_caption(seeds: str, rounds: Iterable[int]) -> str:
+    rounds = sorted(set(int(r) for r in rounds))
+    return (f"One final global merge of every cell's agents after {'/'.join(map(str, rounds))} rounds, as if the "
+            f"graph were fully connected for one exchange: test accuracy (%) of {FINAL_MERGES['final_merge_average']} "
+            f"(average) and of {FINAL_MERGES['final_merge_aligned']} (aligned; matched on the cell's "
+            "`final_merge_samples` training images from the union of the agents' shards), next to the agents' "
+            f"mean at the paper's point. Mean ± std over seeds; {PRETRAINING[seeds]}.")
+
+
 def status_note(statuses: pd.Series) -> str:
     """'' when every seed completed, else e.g. 'diverged 1/3, failed 1/3'."""
     counts = statuses.value_counts()
@@ -255,11 +317,14 @@ def incomplete_cells(status: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+PRETRAINING = {"shared": "all seeds start from seed 0's pretrained agents (the authors' protocol)",
+               "per_seed": "each seed pretrains its own agents"}
+
+
 def caption(point: str, seeds: str, rounds: Iterable[int]) -> str:
     """What a main table shows, in one sentence: the quantity, the point, the seeds, the rounds."""
     rounds = sorted(set(int(r) for r in rounds))
-    pretraining = {"shared": "all seeds start from seed 0's pretrained agents (the authors' protocol)",
-                   "per_seed": "each seed pretrains its own agents"}[seeds]
+    pretraining = PRETRAINING[seeds]
     return (f"Final agent-averaged test accuracy (%) after {'/'.join(map(str, rounds))} rounds, mean ± std over "
             f"seeds (the mean alone for one seed); measurement point: {POINTS[point]}; {pretraining}; the "
             f"`{PRETRAINED}` row is the agents before any round. Best method per column in bold.")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import grid
+from . import final_merge, grid
 from .data import DATASETS, find_cache
 from .devices import autocast, inference_batch_size, resolve_device, resolve_precision
 from .matching import CentredBatch, add_cross
@@ -96,8 +96,8 @@ def pretrain_job(pre) -> Job:
 
 def cell_job(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Job:
     """A cell's images: R·E epochs over the training set, N agents × the test set at every
-    measurement (round 0, then after each merge and after each round's training), and R times what
-    the method declares per round."""
+    measurement (round 0, then after each merge and after each round's training), R times what
+    the method declares per round, and the final global merge's (final_merge.images)."""
     cell_config, pre = grid.cell_config(config, cell), grid.pretrain_config(config, cell)
     run, method = cell_config.run, METHODS.get(cell["method"])
     train, test = dataset_sizes(pre.dataset, pre.train_size, run.test_size or pre.test_size)
@@ -108,6 +108,9 @@ def cell_job(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Job:
     shards = [train // n] * n
     for phase, count in method.round_images(matrix, cell_config.options, train, shards).items():
         images[phase] = images.get(phase, 0) + run.rounds * count
+    if run.final_merge:  # once per cell, after the last round
+        for phase, count in final_merge.images(n, train, test, run.final_merge_samples).items():
+            images[phase] = images.get(phase, 0) + count
     label = f"{pre.dataset} {pre.model}-w{pre.width} n{n} {run.topology} {cell['method']}"
     key = ModelKey(pre.model, pre.width, pre.dataset, run.batch_size or pre.batch_size, run.precision)
     return Job("cell", label, key, images)

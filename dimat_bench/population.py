@@ -59,6 +59,12 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def nonfinite(models: Sequence[nn.Module]) -> list[int]:
+    """The models whose parameters or BatchNorm statistics hold NaN or inf."""
+    return [i for i, model in enumerate(models)
+            if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())]
+
+
 class Population:
     """N agents sharing one training set and one test set on one device."""
 
@@ -165,21 +171,25 @@ class Population:
         return [c / s if s else math.nan for c, s in zip(correct, self._seen)]
 
     @torch.inference_mode()
-    def evaluate(self, batch_size: int | None = None) -> list[dict]:
+    def evaluate(self, batch_size: int | None = None, models: Sequence[nn.Module] | None = None) -> list[dict]:
         """Every agent on the whole test set and on its own-class part of it. Returns per agent:
         test_acc, test_loss, own_acc, own_loss (accuracies as fractions, losses as mean cross-entropy
-        in nats), own_images."""
+        in nats), own_images. `models`: one model that every agent holds (a global merge), evaluated
+        once on the test set and read on each agent's own classes; default, each agent's own model."""
         batch_size = batch_size or inference_batch_size(self.device)
-        for model in self.models:
+        models = self.models if models is None else list(models)
+        if len(models) not in (1, self.n_agents):
+            raise ValueError(f"{len(models)} models to evaluate for {self.n_agents} agents")
+        for model in models:
             model.eval()
         n = len(self.test)
-        losses = torch.full((self.n_agents, n), math.nan, device=self.device)
-        correct = torch.empty(self.n_agents, n, dtype=torch.bool, device=self.device)
-        diverged = set(self.nonfinite_agents())  # NaN logits would still "predict" class 0
+        losses = torch.full((len(models), n), math.nan, device=self.device)
+        correct = torch.empty(len(models), n, dtype=torch.bool, device=self.device)
+        diverged = set(nonfinite(models))  # NaN logits would still "predict" class 0
         for start in range(0, n, batch_size):
             index = torch.arange(start, min(start + batch_size, n), device=self.device)
             images, labels = self.test.batch(index)
-            for i, model in enumerate(self.models):
+            for i, model in enumerate(models):
                 if i in diverged:
                     continue
                 with self.autocast():
@@ -187,9 +197,10 @@ class Population:
                 losses[i, index] = F.cross_entropy(logits.float(), labels, reduction="none")
                 correct[i, index] = logits.argmax(1) == labels
         # A model with finite but huge weights overflows: a non-finite loss means it has diverged too.
-        diverged |= {i for i in range(self.n_agents) if i not in diverged and not bool(torch.isfinite(losses[i]).all())}
+        diverged |= {i for i in range(len(models)) if i not in diverged and not bool(torch.isfinite(losses[i]).all())}
         results = []
-        for i, mask in enumerate(self.own_test_masks):
+        for agent, mask in enumerate(self.own_test_masks):
+            i = agent if len(models) > 1 else 0
             own = int(mask.sum())
             if i in diverged:
                 results.append({"test_acc": math.nan, "test_loss": math.nan, "own_acc": math.nan,
@@ -204,8 +215,7 @@ class Population:
 
     def nonfinite_agents(self) -> list[int]:
         """Agents whose parameters or BatchNorm statistics hold NaN or inf (they have diverged)."""
-        return [i for i, model in enumerate(self.models)
-                if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())]
+        return nonfinite(self.models)
 
     # --- weights in and out -----------------------------------------------------------------
 

@@ -6,7 +6,9 @@ and its options, the topology, the device) before any compute; `run_rounds` is t
 `out/`: `metrics.csv` (one row per round × agent × phase), `agents.pt` (final agents) and `meta.json`.
 Round 0 (`phase = initial`) is the pretrained agents before any communication. A round is merge →
 evaluate (`after_merge`) → E epochs → evaluate (`after_train`) for merge methods, and E epochs of
-gossip training → evaluate (`after_train`) for gossip and local methods."""
+gossip training → evaluate (`after_train`) for gossip and local methods. After the last round, the
+final global merge of every agent (`final_merge`, unless switched off) adds the phases
+`final_merge_average` and `final_merge_aligned` (final_merge.py)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import config as cfg
+from . import final_merge
 from .checkpoint import AgentsCheckpoint, CheckpointError, load_agents, save_agents
 from .data import ArrayDataset, DataError, balanced_subset, device_datasets, load_dataset
 from .devices import PRECISIONS, allow_tf32, check_device, check_environment, resolve_device, resolve_precision
 from .methods import METHODS, LearningRateOptions, Method, MethodContext, create_method
+from .permutation import UnsupportedModel, permutation_spec
 from .population import Population
 from .registry import ConfigError, Diverged, did_you_mean
 from .results import CELL_METRIC_COLUMNS, StagedDirectory, provenance, read_failure, write_csv, write_json
@@ -50,6 +54,10 @@ class RunConfig:
     device: str = cfg.option("auto", "auto, cpu, cuda or cuda:<index>", check=check_device)
     precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU, "
                                 "fp32 on a CPU)", choices=lambda: list(PRECISIONS))
+    final_merge: bool = cfg.option(True, "after the last round, merge all agents once (plain average and "
+                                         "DIMAT-aligned to agent 0) and evaluate the merge")
+    final_merge_samples: int | None = cfg.option(1000, "training images the aligned final merge matches and resets "
+                                                       "BatchNorm on (none = all)", min=1)
 
     def validate(self) -> None:
         if self.pretrained is None:
@@ -233,6 +241,11 @@ def build_cell(config: CellConfig) -> Cell:
                             config.run.batch_size, run.seed, precision)
     # The method is built before the output directory: a model it cannot handle fails here, untrained.
     method = create_method(run.method, MethodContext(population, topology, config.options, run.seed))
+    if run.final_merge:  # so is a model the aligned final merge cannot permute
+        try:
+            permutation_spec(population.models[0])
+        except UnsupportedModel as error:
+            raise UnsupportedModel(f"final_merge: {error}; run this model with final_merge: false") from None
     meta = provenance(config.to_dict(), device, precision=precision)
     meta["method"] = {"name": run.method, "family": method.family, "variant_of": method.variant_of,
                       "fixed": method.fixed, "options": type(config.options).__name__}
@@ -295,6 +308,25 @@ def run_rounds(cell: Cell, progress: bool = True) -> list[dict]:
                         train=time.perf_counter() - tick - communicated)
         if check_divergence(cell, r, "after_train", progress, rows[-population.n_agents:], stats):
             return rows
+    if cell.config.run.final_merge:
+        rows += final_merge_rows(cell, progress)
+    return rows
+
+
+def final_merge_rows(cell: Cell, progress: bool) -> list[dict]:
+    """The final global merge's rows (phases final_merge_average, final_merge_aligned; round R): the
+    merged model's accuracy for every agent, consensus 0, the method's message counts as they were
+    (docs/benchmark.md#the-final-global-merge); its seconds go to meta.json, not to the method."""
+    run, tick = cell.config.run, time.perf_counter()
+    evaluated = final_merge.evaluate(cell.population, run.final_merge_samples, run.seed)
+    seconds = time.perf_counter() - tick
+    cell.meta["final_merge"] = {"variants": list(final_merge.VARIANTS), "anchor": 0, "samples": run.final_merge_samples,
+                                "data": "the union of the agents' training shards, unaugmented", "seconds": seconds}
+    rows = []
+    for variant, results in evaluated.items():
+        log(f"final merge ({variant}): accuracy {results[0]['test_acc']:6.2%}", progress)
+        rows += metric_rows(run.rounds, final_merge.PHASES[variant], results, 0.0, cell.method, None, None,
+                            {"evaluate": 0.0})
     return rows
 
 
@@ -339,9 +371,11 @@ def run_cell(config: CellConfig, out: str | Path, force: bool = False, progress:
         started = time.perf_counter()
         rows = run_rounds(cell, progress)
         write_cell(workdir, cell, rows, time.perf_counter() - started)
-    final = np.mean([r["test_acc"] for r in rows[-cell.population.n_agents:]])
-    outcome = (f"diverged in round {cell.diverged['round']} (agents {cell.diverged['agents']})" if cell.diverged
-               else f"final mean accuracy {final:.2%}")
+    if cell.diverged:
+        outcome = f"diverged in round {cell.diverged['round']} (agents {cell.diverged['agents']})"
+    else:
+        final = np.mean([r["test_acc"] for r in rows if r["phase"] == "after_train" and r["round"] == rows[-1]["round"]])
+        outcome = f"final mean accuracy {final:.2%}"
     print(f"{config.run.method} on {config.run.topology}, {config.run.rounds} rounds: {outcome} in "
           f"{cell.meta['seconds']['total']:.1f} s -> {out}")
     return Path(out)

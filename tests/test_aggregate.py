@@ -3,12 +3,16 @@ import pandas as pd
 import pytest
 
 from dimat_bench.aggregate import (
+    FINAL_MERGES,
     POINTS,
     PRETRAINED,
     agent_means,
     caption,
     collect_cells,
     final_accuracy,
+    final_merge_latex,
+    final_merge_markdown,
+    final_merge_table,
     main_table,
     merge_penalty,
     setting_label,
@@ -40,7 +44,8 @@ def test_cells_are_collected_into_one_tidy_table_with_their_settings(cells):
     metrics = collect_cells(cells)
     assert {"dataset", "model", "width", "agents", "split", "topology", "method", "seed"} <= set(metrics.columns)
     assert set(metrics["method"]) == {"wa", "local"} and set(metrics["seed"]) == {0, 1}
-    assert len(metrics) == 2 * (5 * 3) + 2 * (5 * 2)  # wa: initial, after_merge, after_train; local: no merge
+    # wa: initial, after_merge, after_train; local: no merge; both: the two final global merges
+    assert len(metrics) == 2 * (5 * 5) + 2 * (5 * 4)
 
 def test_final_accuracy_and_the_main_table_are_the_agent_and_seed_averages(cells):
     metrics = collect_cells(cells)
@@ -285,3 +290,33 @@ def test_two_widths_of_any_model_are_two_columns_of_the_main_table():
             for model in ("vgg16_bn", "resnet20") for width in (1, 2)]
     labels = [setting_label(row) for row in rows]
     assert len(set(labels)) == 4 and labels[1] == "CIFAR-10 vgg16_bn×2 N=5 iid ring"
+
+
+def test_the_final_merges_are_columns_of_final_csv_and_a_table_of_their_own(cells):
+    """Every cell's two final global merges (one model each, every agent holding it) are columns of
+    final.csv and, as mean ± std over seeds beside the agents' paper-point accuracy, their own table;
+    a cell that ran without the merge shows "–", never "nan"."""
+    metrics = collect_cells(cells)
+    final = final_accuracy(metrics)
+    for _, row in final.iterrows():
+        cell = metrics[(metrics["method"] == row["method"]) & (metrics["seed"] == row["seed"])]
+        for phase in FINAL_MERGES:
+            merged = cell[cell["phase"] == phase]
+            assert len(merged) == 5 and merged["test_acc"].nunique() == 1 and (merged["round"] == 1).all()
+            assert row[f"{phase}_acc"] == merged["test_acc"].iloc[0]
+    table = final_merge_table(final)
+    assert set(table["point"]) == {"paper", *FINAL_MERGES}
+    assert list(table[table["method"] == PRETRAINED]["point"]) == ["paper"]  # the start, under the agents only
+    for method in ("wa", "local"):
+        for point in ("paper", *FINAL_MERGES):
+            values = 100 * final[final["method"] == method][f"{point}_acc"]
+            got = table[(table["method"] == method) & (table["point"] == point)]
+            assert got["mean"].item() == pytest.approx(values.mean()) and got["std"].item() == pytest.approx(values.std())
+    setting = final.apply(setting_label, axis=1).iloc[0]
+    text = final_merge_markdown(table, "caption")
+    assert text.startswith(f"caption\n\n**{setting}**\n\n| method | agents (paper point) | average | aligned |\n")
+    without = final.copy()
+    without.loc[without["method"] == "local", list(f"{p}_acc" for p in FINAL_MERGES)] = float("nan")
+    text = final_merge_markdown(final_merge_table(without))
+    assert "nan" not in text and [line for line in text.splitlines() if line.startswith("| local")][0].endswith("| – | – |")
+    assert "\\begin{tabular}" in final_merge_latex(table, "caption")

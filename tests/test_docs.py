@@ -69,7 +69,8 @@ def test_the_example_runs_as_a_cell_from_the_command_line_with_its_option(pairwi
     assert main(["run", "--pretrained", str(pretrained5), "--method", "pairwise", "--topology", "ring",
                  "--rounds", "2", "--epochs-per-round", "1", "--pair-weight", "0.3", "--out", str(out), "--quiet"]) == 0
     metrics = pd.read_csv(out / "metrics.csv", comment="#")
-    assert set(metrics["phase"]) == {"initial", "after_merge", "after_train"} and metrics["round"].max() == 2
+    assert set(metrics["phase"]) == {"initial", "after_merge", "after_train", "final_merge_average",
+                                     "final_merge_aligned"} and metrics["round"].max() == 2
     final = metrics[metrics["round"] == 2]
     assert final["messages_sent"].between(0, 2).all() and final["messages_sent"].sum() > 0  # <= 1 per round
     assert '"pair_weight": 0.3' in (out / "meta.json").read_text()

@@ -7,7 +7,7 @@ import torch.nn as nn
 import yaml
 from helpers import ROOT, make_population, method_for
 
-from dimat_bench import estimate
+from dimat_bench import estimate, final_merge
 from dimat_bench.cli import main
 from dimat_bench.grid import load_pipeline_config
 from dimat_bench.methods.merge import DIMAT
@@ -28,7 +28,7 @@ def jobs(tmp_path):
     return {job.name: job for job in estimate.grid_jobs(load_pipeline_config(path))}
 
 
-def cell(jobs, split, topology, method):
+def cell_images(jobs, split, topology, method):
     return jobs[f"cell dataset=cifar10 model=resnet20 width=1 agents=4 split={split} topology={topology} "
                 f"method={method} seed=0"].images
 
@@ -39,6 +39,15 @@ def test_images_per_phase_are_the_hand_counts(jobs):
     # 3 epochs of 400 images; evaluated after epochs 2 and 3, 4 agents × 60 test images.
     assert pretraining.images == {"train": 1200, "evaluate": 2 * 4 * 60}
     train, merge_eval, other_eval = 4 * 2 * 400, (1 + 4 * 2) * 4 * 60, (1 + 4) * 4 * 60
+    # every cell's final global merge, once: 4 models reset and matched and the merge reset on all 400
+    # training images (fewer than final_merge_samples' 1000), 3 edges, 2 merged models evaluated
+    final = {"bn_reset": 5 * 400, "matching": 4 * 400, "correlation": 3 * 400, "evaluate": 2 * 60}
+
+    def cell(jobs, *key):  # the cell's images less its final merge's
+        images = cell_images(jobs, *key)
+        less = {phase: count - final.get(phase, 0) for phase, count in images.items()}
+        assert all(count >= 0 for count in less.values()) and set(final) <= set(images)
+        return {phase: count for phase, count in less.items() if count}
     # dimat (global, shared pass) on a 4-ring, over 4 rounds: 4 models reset and matched once a round,
     # 8 edges, then 4 BN resets after the merges.
     assert cell(jobs, "iid", "ring", "dimat") == {"train": train, "evaluate": merge_eval, "matching": 4 * 4 * 30,
@@ -144,3 +153,16 @@ def test_bad_flags_fail_in_one_line(args, named, capsys, monkeypatch):
     status, _, err = run_estimate(capsys, "tests/pipeline.yaml", "--no-calibrate", *args)
     assert status == 2
     assert err.startswith(f"error: {named}") and err.count("\n") == 1
+
+
+def test_the_final_merges_declared_images_are_what_it_runs(cifar10):
+    """Every image the final global merge sends through a model (a hook on conv1, copied with the
+    models): the resets, the matching and the two merged models' evaluations."""
+    population, _ = make_population(cifar10, n_agents=5)
+    seen = [0]
+    for model in population.models:
+        model.conv1.register_forward_hook(lambda m, args, out: seen.__setitem__(0, seen[0] + len(args[0])))
+    final_merge.evaluate(population, 70, seed=0)
+    declared = final_merge.images(5, len(population.train), len(population.test), 70)
+    assert seen[0] == declared["bn_reset"] + declared["matching"] + declared["evaluate"]
+    assert declared["matching"] == 5 * 70 and declared["evaluate"] == 2 * len(population.test)

@@ -597,7 +597,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORT_JOBS = {
     "aggregate": ("results/tables", ["cells.csv", "metrics.csv", "final.csv", "curves.csv", "main.csv", "main.md",
                                      "main.tex", "main_after_train.csv", "main_after_train.md",
-                                     "main_after_train.tex"], "cells.csv"),
+                                     "main_after_train.tex", "final_merge.csv", "final_merge.md", "final_merge.tex"],
+                  "cells.csv"),
     "communication": ("results/tables", ["communication.csv", "communication.md"], "communication.csv"),
     "claims": ("results/tables", ["claims.csv", "claims.md"], "claims.csv"),
     "figures": ("results/figures", [], "class_counts_cifar10_resnet20_1_2_noniid_seed0.png"),

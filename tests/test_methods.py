@@ -146,7 +146,7 @@ def test_every_method_runs_a_cell_from_the_command_line(name, pretrained5, tmp_p
     cls = METHODS.get(name)
     matching = ["--match-samples", "50"] if "match_samples" in cls.settable_keys() else []
     assert main(["run", "--pretrained", str(pretrained5), "--method", name, "--topology", "ring", "--rounds", "1",
-                 "--epochs-per-round", "1", *matching, "--out", str(out), "--quiet"]) == 0
+                 "--epochs-per-round", "1", *matching, "--final-merge-samples", "40", "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [".dimat-bench", "agents.pt", "meta.json", "metrics.csv"]
     meta = json.loads((out / "meta.json").read_text())  # the resolved config: run keys and the method's options
     resolved = CellConfig.from_mapping(meta["config"])
@@ -156,7 +156,8 @@ def test_every_method_runs_a_cell_from_the_command_line(name, pretrained5, tmp_p
     if name in ("dimat", "dimat_local"):  # the authors' reset before matching, recorded resolved
         assert meta["config"]["bn_reset_before_match"] is True
     metrics = pd.read_csv(out / "metrics.csv", comment="#")
-    phases = ["initial"] + (["after_merge", "after_train"] if cls.family == "merge" else ["after_train"])
+    phases = (["initial"] + (["after_merge", "after_train"] if cls.family == "merge" else ["after_train"])
+              + ["final_merge_average", "final_merge_aligned"])  # every cell's final global merge
     assert metrics.groupby(["round", "phase"], sort=False).size().index.get_level_values("phase").tolist() == phases
     assert (metrics.groupby(["round", "phase"]).size() == 5).all() and metrics["agent"].tolist()[:5] == list(range(5))
     assert meta["status"] == "complete" and np.isfinite(metrics["test_loss"]).all()

@@ -15,7 +15,7 @@ LAYERS = [
     {"config", "results", "devices", "splits", "topology", "permutation"},
     {"data", "models", "matching", "plan"},
     {"population", "checkpoint"},
-    {"methods"},
+    {"methods", "final_merge"},
     {"pretrain", "run", "communication"},
     {"grid"},
     {"aggregate", "estimate"},

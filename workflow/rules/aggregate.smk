@@ -1,7 +1,7 @@
 rule aggregate:
-    """Every cell into tidy tables, the curves at both measurement points, and the main table (mean ±
-    std over seeds) at the paper's point and after training. Cells that diverged or failed are
-    listed (cells.csv) and marked in the tables, never averaged in."""
+    """Every cell into tidy tables, the curves at both measurement points, the main table (mean ±
+    std over seeds) at the paper's point and after training, and the final global merges' table.
+    Cells that diverged or failed are listed (cells.csv) and marked in the tables, never averaged in."""
     input:
         cell_dirs(),
     output:
@@ -16,6 +16,10 @@ rule aggregate:
         main_after_train_md=report(f"{RESULTS}/tables/main_after_train.md",
                                    caption="../report/main_after_train_table.rst", category="Tables"),
         main_after_train_tex=f"{RESULTS}/tables/main_after_train.tex",
+        final_merge_csv=f"{RESULTS}/tables/final_merge.csv",
+        final_merge_md=report(f"{RESULTS}/tables/final_merge.md", caption="../report/final_merge_table.rst",
+                              category="Tables"),
+        final_merge_tex=f"{RESULTS}/tables/final_merge.tex",
     log:
         f"{RESULTS}/tables/aggregate.log",
     conda:

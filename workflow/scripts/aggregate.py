@@ -6,7 +6,8 @@ import pandas as pd
 
 from dimat_bench import plan
 from dimat_bench.aggregate import (POINTS, TABLE_LIBRARIES, agent_means, caption, cell_provenance, cell_status,
-                                   collect_cells, curves, final_accuracy, main_table, to_latex, to_markdown)
+                                   collect_cells, curves, final_accuracy, final_merge_caption, final_merge_latex,
+                                   final_merge_markdown, final_merge_table, main_table, to_latex, to_markdown)
 from dimat_bench.results import provenance, workflow_job, write_table
 
 with workflow_job("aggregate", snakemake.log[0]):
@@ -31,5 +32,9 @@ with workflow_job("aggregate", snakemake.log[0]):
         write_table(snakemake.output[f"{stem}_csv"], table.to_csv(index=False), meta | {"caption": text})
         write_table(snakemake.output[f"{stem}_md"], to_markdown(table, text, status), meta)
         write_table(snakemake.output[f"{stem}_tex"], to_latex(table, text), meta)
+    table, text = final_merge_table(final), final_merge_caption(seeds, rounds)
+    write_table(snakemake.output.final_merge_csv, table.to_csv(index=False), meta | {"caption": text})
+    write_table(snakemake.output.final_merge_md, final_merge_markdown(table, text, status), meta)
+    write_table(snakemake.output.final_merge_tex, final_merge_latex(table, text), meta)
     for _, cell in status[status["status"] != "complete"].iterrows():
         print(f"{cell['status']}: {cell['path']}: {cell['detail']}", file=sys.stderr)
