@@ -89,6 +89,7 @@ INTERVAL = CLAIMS + "test_the_paired_interval_is_students_t_on_the_per_seed_diff
 OLD_RULE = CLAIMS + "test_a_difference_the_old_spread_rule_called_holds_is_inconclusive_when_paired"
 PAIRING = CLAIMS + "test_seeds_pair_by_their_number_not_by_their_order_and_fewer_than_three_pairs_are_inconclusive"
 CLAIMS_PY = "dimat_bench/claims.py"
+Z1 = CLAIMS + "test_the_final_merge_claim_pairs_the_merge_with_the_agents_it_merged_per_method"
 FINAL = "tests/test_final_merge.py::"
 FINAL_ALIGNED = FINAL + "test_the_aligned_merge_matches_every_agent_to_agent_zero_on_fresh_statistics"
 FINAL_COPIES = FINAL + "test_n_permuted_copies_merge_back_into_the_model_and_n_identical_models_are_left_unchanged"
@@ -326,6 +327,12 @@ MUTANTS: list[Mutant] = [
     Mutant("final merge: final.csv's average column reads the aligned merge", AGGREGATE_PY,
            'final[f"{phase}_acc"] = last[last["phase"] == phase]',
            'final[f"{phase}_acc"] = last[last["phase"] == "final_merge_aligned"]', (FINAL_TABLE,)),
+    Mutant("Z1: the final merge judged against the agents at the paper's point, not the agents it merged", CLAIMS_PY,
+           'agents = 100 * per_seed(final, setting, method, "after_train_acc")',
+           'agents = 100 * per_seed(final, setting, method, "paper_acc")', (Z1,)),
+    Mutant("Z1: one row per setting for the first method only", CLAIMS_PY,
+           'for method in sorted(cells["method"].unique()):', 'for method in sorted(cells["method"].unique())[:1]:',
+           (Z1,)),
     Mutant("final merge: the estimate leaves it out", "dimat_bench/estimate.py", "    if run.final_merge:  # once per cell",
            "    if False:  # once per cell", (HAND_COUNTS,)),
 ]

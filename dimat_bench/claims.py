@@ -33,7 +33,7 @@ from .plan import SETTING_KEYS
 VERDICTS = ("holds", "fails", "inconclusive", "not run")
 LEVEL = 0.95  # of the paired interval
 MIN_SEEDS = 3  # paired seeds a difference needs (with 2 the interval has one degree of freedom: t = 12.7)
-COLUMNS = ["claim", "statement", "setting", "ours", "reference", "verdict", "reason"]
+COLUMNS = ["claim", "source", "statement", "setting", "ours", "reference", "verdict", "reason"]
 
 
 def load_claims() -> dict:
@@ -185,9 +185,35 @@ def fewer_messages(claim: dict, results: Mapping[str, pd.DataFrame], references:
     return rows
 
 
+def merge_beats_agents(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
+    """Per setting and method: the final global merge (`claim["variant"]`) against the mean of the
+    agents it merged (after the last round's training), paired by seed."""
+    final, column = results["final"], f"final_merge_{claim['variant']}_acc"
+    rows = []
+    for setting in settings(final, claim.get("where", {})):
+        cells = final[functools.reduce(operator.and_, (final[k] == v for k, v in setting.items()))]
+        for method in sorted(cells["method"].unique()):
+            row = {"setting": f"{setting_label(setting)}, {method}", "reference": "unknown"}
+            merged = 100 * per_seed(final, setting, method, column) if column in final else pd.Series(dtype=float)
+            agents = 100 * per_seed(final, setting, method, "after_train_acc")
+            if merged.isna().all():
+                rows.append(row | {"ours": "–", "verdict": "not run",
+                                   "reason": "its cells ran without the final merge (final_merge: false) or did not "
+                                             "complete"})
+                continue
+            verdict, text = compare(merged, agents, "the agents")
+            reason = (f"the {claim['variant']} final merge minus the agents' mean after training, in points, paired by "
+                      f"seed, with its {LEVEL:.0%} t-interval: {text}")
+            if len((merged - agents).dropna()) < MIN_SEEDS:
+                reason += f"; fewer than {MIN_SEEDS} paired seeds: too few to judge a difference"
+            rows.append(row | {"ours": f"merge {fmt(*seed_stats(merged.dropna())[:2])}; agents "
+                                       f"{fmt(*seed_stats(agents.dropna())[:2])}", "verdict": verdict, "reason": reason})
+    return rows
+
+
 CHECKS: dict[str, Callable[[dict, Mapping[str, pd.DataFrame], dict], list[dict]]] = {
     "higher_final": higher_final, "larger_early_gain": larger_early_gain, "matches_reference": matches_reference,
-    "fewer_messages": fewer_messages}
+    "fewer_messages": fewer_messages, "merge_beats_agents": merge_beats_agents}
 
 
 def claims_table(results: Mapping[str, pd.DataFrame], data: dict | None = None) -> pd.DataFrame:
@@ -201,5 +227,6 @@ def claims_table(results: Mapping[str, pd.DataFrame], data: dict | None = None) 
             where = ", ".join(f"{k} {v}" for k, v in claim.get("where", {}).items())
             found = [{"setting": where or "any", "ours": "–", "reference": "unknown", "verdict": "not run",
                       "reason": f"the grid has no setting with {where}"}]
-        rows += [{"claim": claim["id"], "statement": claim["statement"], **row} for row in found]
+        rows += [{"claim": claim["id"], "source": claim["source"], "statement": claim["statement"], **row}
+                 for row in found]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -38,7 +38,8 @@ def communication(messages: dict) -> pd.DataFrame:
 
 
 def one_claim(check, **fields):
-    claim = {"id": "X", "statement": "s", "check": check, "method": "dimat", "baselines": ["wa", "sgp"]} | fields
+    claim = {"id": "X", "source": "src", "statement": "s", "check": check, "method": "dimat",
+             "baselines": ["wa", "sgp"]} | fields
     return {"claims": [claim], "references": load_claims()["references"]}
 
 
@@ -114,12 +115,44 @@ def test_fewer_messages():
         {"dimat": merge, "wa": merge, "sgp": worse}))[0] == ["fails"]
 
 
-def test_the_shipped_claims_are_the_seven_of_claims_md_with_known_checks():
+def test_the_shipped_claims_are_the_papers_seven_and_zhu_et_al_s_with_known_checks_and_sources():
     data = load_claims()
-    assert [c["id"] for c in data["claims"]] == [f"C{i}" for i in range(1, 8)]
+    ids = [f"C{i}" for i in range(1, 8)] + ["Z1"]
+    assert [c["id"] for c in data["claims"]] == ids
     table = claims_table({"final": final({"dimat": [50, 51]}), "curves": curves({"dimat": [[30, 31]]}),
                           "communication": communication({"dimat": {(5, "ring"): 5.0}})}, data)
-    assert set(table["claim"]) == {f"C{i}" for i in range(1, 8)} and set(table["verdict"]) <= set(VERDICTS)
+    assert set(table["claim"]) == set(ids) and set(table["verdict"]) <= set(VERDICTS)
+    sources = table.drop_duplicates("claim").set_index("claim")["source"]
+    assert set(sources[[f"C{i}" for i in range(1, 8)]]) == {"Saadati et al., CVPR 2024 (arXiv 2404.08079)"}
+    assert sources["Z1"] == "Zhu et al., ICLR 2026 (arXiv 2507.06542)"
+
+
+def merged_final(agents: dict, merged: dict, setting=SETTING | {"split": "noniid"}) -> pd.DataFrame:
+    """method -> per-seed agents' accuracy after training and the final average merge's, in %."""
+    frame = final(agents, setting)
+    frame["after_train_acc"] = frame["paper_acc"]
+    frame["paper_acc"] = 0.99  # right after the last merge: not what the final merge took
+    frame["final_merge_average_acc"] = [v / 100 for m in agents for v in merged[m]]
+    return frame
+
+
+def test_the_final_merge_claim_pairs_the_merge_with_the_agents_it_merged_per_method():
+    data = one_claim("merge_beats_agents", variant="average", where={"split": "noniid"})
+    frame = merged_final({"local": [20, 21, 22], "wa": [30, 31, 32], "sgp": [25, 26, 27]},
+                         {"local": [24, 26, 25], "wa": [29, 30, 31], "sgp": [27, 24, 26]})
+    result, table = verdicts(data, final=frame)
+    # local: +4, +5, +3 (holds); wa: −1 in every seed (fails); sgp: +2, −2, −1 (inconclusive)
+    assert result == ["holds", "inconclusive", "fails"]
+    assert table["setting"].tolist() == [f"CIFAR-10 resnet20×1 N=5 noniid ring, {m}" for m in ("local", "sgp", "wa")]
+    assert "+4.00 [+1.52, +6.48] vs the agents" in table["reason"][0]
+    assert table["ours"][2] == "merge 30.00 ± 1.00; agents 31.00 ± 1.00"
+    # IID settings are not the claim's; cells without the merge are not run
+    assert verdicts(data, final=merged_final({"wa": [1, 2, 3]}, {"wa": [5, 6, 7]}, SETTING))[0] == ["not run"]
+    frame["final_merge_average_acc"] = float("nan")
+    result, table = verdicts(data, final=frame)
+    assert result == ["not run"] * 3 and "final_merge: false" in table["reason"][0]
+    result, _ = verdicts(data, final=frame.drop(columns=["final_merge_average_acc"]))
+    assert result == ["not run"] * 3
 
 
 # --- the paired interval -----------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(ti
     assert set(pd.read_csv(tiny_run / "results" / "tables" / "main_after_train.csv", comment="#")["point"]) == \
         {"after_train"}
     tables = ("main.csv", "main_after_train.csv", "metrics.csv", "final.csv", "curves.csv", "communication.csv",
-              "claims.csv")
+              "claims.csv", "final_merge.csv")
     for name in tables:  # every table carries its provenance
         meta = read_csv_meta(tiny_run / "results" / "tables" / name)
         assert meta["config"]["grid"] == grid and meta["code"]["package"] and meta["versions"]["torch"]
@@ -59,6 +59,11 @@ def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(ti
     assert all(f"| {m} |" in markdown for m in methods) and "measurement point: the authors' point" in markdown
     assert "measurement point: every method after each round's training" in \
         (tiny_run / "results" / "tables" / "main_after_train.md").read_text()
+    # every cell's final global merge: a column each in final.csv, and its own table beside the agents
+    final = pd.read_csv(tiny_run / "results" / "tables" / "final.csv", comment="#")
+    assert final[["final_merge_average_acc", "final_merge_aligned_acc"]].notna().all().all() and len(final) == len(methods)
+    merged = (tiny_run / "results" / "tables" / "final_merge.md").read_text()
+    assert "| method | agents (paper point) | average | aligned |" in merged and all(f"| {m} |" in merged for m in methods)
     figures = [p for p in (tiny_run / "figures").iterdir() if not p.name.startswith(".")]
     assert {p.suffix for p in figures} == {".png", ".pdf"}
     assert all(p.stat().st_size > 1000 for p in figures)
@@ -69,9 +74,14 @@ def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(ti
 
 def test_the_claims_table_has_every_claim_and_verdicts_that_follow_from_the_main_table(tiny_run):
     claims = pd.read_csv(tiny_run / "results" / "tables" / "claims.csv", comment="#")
-    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)}
-    rows = re.findall(r"^\| C\d \|", (tiny_run / "results" / "tables" / "claims.md").read_text(), re.M)
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1"}
+    rows = re.findall(r"^\| [CZ]\d \|", (tiny_run / "results" / "tables" / "claims.md").read_text(), re.M)
     assert len(rows) == len(claims)
+    # Z1 (Zhu et al.), the grid being non-IID: one row per method, inconclusive with one seed
+    z1 = claims[claims["claim"] == "Z1"]
+    methods = {m for row in TINY["grid"] for m in row["methods"]}
+    assert {s.rsplit(", ", 1)[1] for s in z1["setting"]} == methods and (z1["verdict"] == "inconclusive").all()
+    assert (z1["source"] == "Zhu et al., ICLR 2026 (arXiv 2507.06542)").all()
     verdict = claims.set_index("claim")["verdict"]
     assert verdict["C1"] == "not run" and verdict["C7"] == "not run"  # no R1 setting, no WM here
     # At 8 agents on the ring the fixture gives one step per one-epoch round: gossip sends as many

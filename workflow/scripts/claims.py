@@ -15,7 +15,9 @@ with workflow_job("claims", snakemake.log[0]):
                           "communication": read(snakemake.input.communication)})
     meta = provenance(snakemake.config, libraries=TABLE_LIBRARIES)
     write_table(snakemake.output.csv, table.to_csv(index=False), meta)
-    intro = ("The paper's claims (dimat_bench/claims.yaml) checked on this grid, at the paper's measurement point: "
+    intro = ("The claims of the paper and of related work (dimat_bench/claims.yaml; `source` says whose) checked on "
+             "this grid, at the paper's measurement point (the final-merge claims: the merge against the agents it "
+             "merged): "
              "a difference between methods holds / fails when its 95 % paired t-interval over seeds (differences "
              "paired by seed) lies wholly above / below zero, and is inconclusive when it contains zero or fewer "
              "than 3 seeds pair up; a reference holds within its tolerance; not run = the grid lacks the cells. "
