@@ -97,6 +97,7 @@ FINAL_CELL = FINAL + "test_a_cell_records_both_final_merges_and_leaves_its_agent
 FINAL_TABLE = "tests/test_aggregate.py::test_the_final_merges_are_columns_of_final_csv_and_a_table_of_their_own"
 HAND_COUNTS = "tests/test_estimate.py::test_images_per_phase_are_the_hand_counts"
 FINAL_PY = "dimat_bench/final_merge.py"
+CENTRAL = "tests/test_centralized.py::"
 
 MERGE_PY, MATCHING_PY = "dimat_bench/methods/merge.py", "dimat_bench/matching.py"
 GOSSIP_PY, AGGREGATE_PY = "dimat_bench/methods/gossip.py", "dimat_bench/aggregate.py"
@@ -331,9 +332,25 @@ MUTANTS: list[Mutant] = [
            'agents = 100 * per_seed(final, setting, method, "after_train_acc")',
            'agents = 100 * per_seed(final, setting, method, "paper_acc")', (Z1,)),
     Mutant("Z1: one row per setting for the first method only", CLAIMS_PY,
-           'for method in sorted(cells["method"].unique()):', 'for method in sorted(cells["method"].unique())[:1]:',
+           "for method in sorted(m for m in cells[\"method\"].unique() if not union_pretraining(m)):",
+           "for method in sorted(m for m in cells[\"method\"].unique() if not union_pretraining(m))[:1]:",
            (Z1,)),
-    Mutant("final merge: the estimate leaves it out", "dimat_bench/estimate.py", "    if run.final_merge:  # once per cell",
+    # The ceiling: one model on the union of the shards, from its own pretraining on that union.
+    Mutant("centralized: the union pretraining holds agent 0's shard only", "dimat_bench/pretrain.py",
+           "shards, class_counts = [np.sort(np.concatenate(split.shards))], class_counts.sum(0, keepdims=True)",
+           "shards, class_counts = [split.shards[0]], class_counts[:1]",
+           (CENTRAL + "test_the_union_pretraining_is_one_model_on_every_image_the_agents_hold",)),
+    Mutant("centralized: the planner gives it the agents' pretraining", "dimat_bench/grid.py",
+           '"union": union_pretraining(cell["method"])}', '"union": False}',
+           (CENTRAL + "test_the_planner_gives_centralized_cells_the_union_pretraining_and_every_other_the_agents",)),
+    Mutant("centralized: a method run from the wrong kind of pretraining", "dimat_bench/run.py",
+           "    if wanted != union:\n", "    if False:\n",
+           (CENTRAL + "test_each_method_rejects_the_other_kind_of_pretraining_before_any_compute",)),
+    Mutant("centralized: its start taken for the agents' in the pretrained row", AGGREGATE_PY,
+           'agents = ~final["method"].map(union_pretraining).astype(bool)', 'agents = final["method"] == final["method"]',
+           (CENTRAL + "test_the_pretrained_row_is_the_agents_start_not_the_centralized_models",)),
+    Mutant("final merge: the estimate leaves it out", "dimat_bench/estimate.py",
+           "    if run.final_merge and models > 1:  # once per cell",
            "    if False:  # once per cell", (HAND_COUNTS,)),
 ]
 

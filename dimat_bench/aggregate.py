@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Mapping
 
 import pandas as pd
 
-from .plan import CELL_KEYS
+from .plan import CELL_KEYS, union_pretraining
 from .results import CELL_METRIC_COLUMNS
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
@@ -214,15 +214,17 @@ def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
     table = pd.DataFrame({"mean": grouped["final_pct"].mean(), "std": grouped["final_pct"].std(ddof=1),
                           "seeds": grouped.size(), "note": grouped["status"].agg(status_note)}).reset_index()
     table.loc[table["note"] != "", ["mean", "std"]] = float("nan")
-    # The pretrained agents of a setting and seed are the same for every method: one value per seed.
-    ran = final[final["status"].isin(["complete", "diverged"])]
+    # The pretrained agents of a setting and seed are the same for every method: one value per seed
+    # (the centralized method starts from its own model, pretrained on the union of the shards).
+    agents = ~final["method"].map(union_pretraining).astype(bool)
+    ran = final[final["status"].isin(["complete", "diverged"]) & agents]
     initial = ran.groupby(["setting", "seed"], sort=True)["initial_pct"].first().groupby("setting")
     undefined = initial.apply(lambda v: v.isna().sum())
     pretrained = pd.DataFrame({"method": PRETRAINED, "mean": initial.mean(), "std": initial.std(ddof=1),
                                "seeds": initial.size(),
                                "note": [f"diverged {n}/{k}" if n else "" for n, k in zip(undefined, initial.size())]
                                }).reset_index()
-    unrun = sorted(set(final["setting"]) - set(pretrained["setting"]))  # every cell there failed
+    unrun = sorted(set(final.loc[agents, "setting"]) - set(pretrained["setting"]))  # every cell there failed
     pretrained = pd.concat([pretrained, pd.DataFrame({"setting": unrun, "method": PRETRAINED, "mean": float("nan"),
                                                       "std": float("nan"), "seeds": 0, "note": "no cell ran"})])
     pretrained.loc[pretrained["note"] != "", ["mean", "std"]] = float("nan")

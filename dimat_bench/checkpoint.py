@@ -79,9 +79,11 @@ def load_agents(path: str | os.PathLike) -> AgentsCheckpoint:
     if missing:
         raise CheckpointError(f"{path}: missing field(s) {missing}")
     spec, states, shards = payload["model"], payload["agents"], payload["shards"]
-    if not (len(states) == len(shards) == len(payload["class_counts"])) or len(states) < 2:
+    meta = payload["meta"] if isinstance(payload["meta"], dict) else {}
+    least = 1 if isinstance(meta.get("config"), dict) and meta["config"].get("union") is True else 2  # one model
+    if not (len(states) == len(shards) == len(payload["class_counts"])) or len(states) < least:
         raise CheckpointError(f"{path}: {len(states)} agents, {len(shards)} shards, "
-                              f"{len(payload['class_counts'])} class-count rows; expected equal counts >= 2")
+                              f"{len(payload['class_counts'])} class-count rows; expected equal counts >= {least}")
     if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
             and all(isinstance(spec.get(k), int) and spec[k] >= 1 for k in ("num_classes", "width"))):
         raise CheckpointError(f"{path}: model field {spec!r}; expected name, num_classes and width")

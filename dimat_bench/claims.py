@@ -28,7 +28,7 @@ import yaml
 from scipy.stats import t as student_t
 
 from .aggregate import setting_label
-from .plan import SETTING_KEYS
+from .plan import SETTING_KEYS, union_pretraining
 
 VERDICTS = ("holds", "fails", "inconclusive", "not run")
 LEVEL = 0.95  # of the paired interval
@@ -192,7 +192,7 @@ def merge_beats_agents(claim: dict, results: Mapping[str, pd.DataFrame], referen
     rows = []
     for setting in settings(final, claim.get("where", {})):
         cells = final[functools.reduce(operator.and_, (final[k] == v for k, v in setting.items()))]
-        for method in sorted(cells["method"].unique()):
+        for method in sorted(m for m in cells["method"].unique() if not union_pretraining(m)):  # N agents
             row = {"setting": f"{setting_label(setting)}, {method}", "reference": "unknown"}
             merged = 100 * per_seed(final, setting, method, column) if column in final else pd.Series(dtype=float)
             agents = 100 * per_seed(final, setting, method, "after_train_acc")

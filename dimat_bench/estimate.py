@@ -89,9 +89,10 @@ def pretrain_job(pre) -> Job:
     train, test = dataset_sizes(pre.dataset, pre.train_size, pre.test_size)
     every = pre.eval_every
     evaluations = len(set(range(every, pre.epochs + 1, every)) | {pre.epochs}) if every else 1
-    label = f"pretrain {pre.dataset} {pre.model}-w{pre.width} n{pre.agents}"
+    models = 1 if pre.union else pre.agents  # a union pretraining trains one model on every agent's images
+    label = f"pretrain {pre.dataset} {pre.model}-w{pre.width} n{pre.agents}{' union' if pre.union else ''}"
     return Job("pretrain", label, ModelKey(pre.model, pre.width, pre.dataset, pre.batch_size, pre.precision),
-               {"train": pre.epochs * train, "evaluate": evaluations * pre.agents * test})
+               {"train": pre.epochs * train, "evaluate": evaluations * models * test})
 
 
 def cell_job(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Job:
@@ -104,11 +105,12 @@ def cell_job(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Job:
     n = pre.agents
     matrix = create_topology(run.topology, n, run.mixing, **run.topology_options()).mixing_matrix
     measurements = 1 + run.rounds * (2 if method.family == "merge" else 1)
-    images = {"train": run.rounds * run.epochs_per_round * train, "evaluate": measurements * n * test}
+    models = 1 if pre.union else n  # the centralized method trains and evaluates one model
+    images = {"train": run.rounds * run.epochs_per_round * train, "evaluate": measurements * models * test}
     shards = [train // n] * n
     for phase, count in method.round_images(matrix, cell_config.options, train, shards).items():
         images[phase] = images.get(phase, 0) + run.rounds * count
-    if run.final_merge:  # once per cell, after the last round
+    if run.final_merge and models > 1:  # once per cell, after the last round
         for phase, count in final_merge.images(n, train, test, run.final_merge_samples).items():
             images[phase] = images.get(phase, 0) + count
     label = f"{pre.dataset} {pre.model}-w{pre.width} n{n} {run.topology} {cell['method']}"

@@ -23,7 +23,7 @@ from .data import DATASETS
 from .methods import METHODS
 from .models import MODELS
 from .plan import (CATALOGUE_FILE, CELL_KEYS, PRETRAIN_KEYS, SETTING_KEYS, as_list, check_config,  # noqa: F401
-                   expand_grid, flags, load_pipeline_config, pretrain_seed, run_options)
+                   expand_grid, flags, load_pipeline_config, pretrain_seed, run_options, union_pretraining)
 from .pretrain import PretrainConfig
 from .registry import ConfigError
 from .run import RUN_KEYS, CellConfig, RunConfig
@@ -40,7 +40,8 @@ def cell_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> CellConfi
 def pretrain_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> PretrainConfig:
     """The pretraining a cell starts from (see `pretrain_seed`; `data_dir`, a location, only where the
     config gives it)."""
-    keys = {k: cell[k] for k in PRETRAIN_KEYS} | {"seed": pretrain_seed(config, cell)}
+    keys = {k: cell[k] for k in PRETRAIN_KEYS} | {"seed": pretrain_seed(config, cell),
+                                                   "union": union_pretraining(cell["method"])}
     location = {"data_dir": config["data_dir"]} if "data_dir" in config else {}
     return cfg.from_dict(PretrainConfig, {**config["pretrain"], **keys, **location})
 
@@ -131,7 +132,8 @@ def catalogue() -> dict:
 def _catalogue(methods: tuple[str, ...], models: tuple[str, ...]) -> dict:
     run_defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     methods = {name: {"family": METHODS.get(name).family, "variant_of": METHODS.get(name).variant_of,
-                      "settable": sorted(METHODS.get(name).settable_keys())} for name in methods}
+                      "pretraining": METHODS.get(name).pretraining, "settable": sorted(METHODS.get(name).settable_keys())}
+               for name in methods}
     return {"about": "written by `python -m dimat_bench catalogue --write` from the engine's registries; "
                      "tests/test_plan.py checks it (docs/engine.md#layers)",
             "run_keys": {key: run_defaults[key] for key in RUN_KEYS}, "cell_keys": list(CellConfig.keys()),

@@ -32,7 +32,8 @@ PRETRAIN_KEYS = ["dataset", "model", "width", "agents", "split", "seed"]
 # Keys the workflow gives every engine job itself, from the job's cell (its wildcards) or the config's
 # top level: a shared `pretrain:` or `run:` block that set one would override them on the job's
 # command line while the plan believed the cell's own value.
-JOB_KEYS = {"pretrain": PRETRAIN_KEYS + ["data_dir"], "run": ["method", "topology", "seed", "pretrained", "data_dir"]}
+JOB_KEYS = {"pretrain": PRETRAIN_KEYS + ["union", "data_dir"],
+            "run": ["method", "topology", "seed", "pretrained", "data_dir"]}
 CATALOGUE_FILE = Path(__file__).with_name("catalogue.json")
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 ROOT = Path(__file__).resolve().parent.parent  # a checkout: Snakefile, config/, workflow/
@@ -92,6 +93,12 @@ def method_entry(method: str) -> dict:
                           did_you_mean(method, methods) or "a method added to dimat_bench/methods/ needs "
                           "`python -m dimat_bench catalogue --write`")
     return methods[method]
+
+
+def union_pretraining(method: str) -> bool:
+    """Whether a cell of `method` starts from one model pretrained on the union of the agents' shards
+    (the centralized ceiling) rather than from the N agents."""
+    return method_entry(method).get("pretraining") == "union"
 
 
 def run_options(config: Mapping[str, Any], method: str) -> dict:

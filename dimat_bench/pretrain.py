@@ -1,5 +1,6 @@
 """Pretraining (docs/benchmark.md#one-cell, step 1): N agents, each from its own random init, trained
-on its own shard.
+on its own shard; or, with `union`, one model trained on the union of the N shards (where the
+`centralized` method starts).
 
 Outputs in `out/`: `agents.pt` (checkpoint), `metrics.csv` (one row per epoch × agent),
 `class_counts.csv` (one row per agent × class) and `meta.json` (resolved config, code version,
@@ -49,6 +50,8 @@ class PretrainConfig(DataConfig):
     lr_decay: float = cfg.option(1.0, "learning-rate factor applied after every epoch", min=0.0, max=1.0)
     eval_every: int = cfg.option(0, "evaluate every k epochs (0 = only after the last epoch)", min=0)
     seed: int = cfg.option(0, "seed of the split, every init, data order and augmentation", min=0)
+    union: bool = cfg.option(False, "one model (agent 0's init) on the union of the N agents' shards: where the "
+                                    "centralized method starts")
     device: str = cfg.option("auto", "auto, cpu, cuda or cuda:<index>", check=check_device)
     precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU, "
                                 "fp32 on a CPU)", choices=lambda: list(PRECISIONS))
@@ -116,8 +119,10 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
         started = time.perf_counter()
         train, test = device_datasets(dataset, device, train_index, test_index,
                                       config.legacy_normalization, config.augment)
-        population = Population(initial_models(config, info.num_classes), split.shards, train, test,
-                                [split.own_classes(i) for i in range(config.agents)],
+        shards, class_counts = split.shards, split.class_counts
+        if config.union:  # the centralized ceiling's start: every image the N agents hold, one model
+            shards, class_counts = [np.sort(np.concatenate(split.shards))], class_counts.sum(0, keepdims=True)
+        population = Population(initial_models(config, info.num_classes), shards, train, test, [np.flatnonzero(c) for c in class_counts],
                                 config.optimizer_spec(), config.batch_size, config.seed, precision)
         rows, train_seconds, eval_seconds, diverged = train_epochs(population, config, progress)
 
@@ -125,21 +130,21 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
         meta["seconds"] = {"train": train_seconds, "evaluate": eval_seconds,
                            "total": time.perf_counter() - started}
         save_agents(workdir / "agents.pt", AgentsCheckpoint(
-            config.model, info.num_classes, config.width, population.state_dicts(), split.shards,
-            train_index, split.class_counts, meta))
+            config.model, info.num_classes, config.width, population.state_dicts(), shards,
+            train_index, class_counts, meta))
         write_csv(workdir / "metrics.csv", rows, METRIC_COLUMNS, meta)
         counts = [{"agent": i, "class": c, "class_name": str(dataset.classes[c]), "count": int(n)}
-                  for i, row in enumerate(split.class_counts) for c, n in enumerate(row)]
+                  for i, row in enumerate(class_counts) for c, n in enumerate(row)]
         write_csv(workdir / "class_counts.csv", counts, ["agent", "class", "class_name", "count"], meta)
         write_json(workdir / "meta.json", meta)
-    print_summary(rows[-config.agents:], meta["seconds"]["total"], Path(out), diverged)
+    print_summary(rows[-len(shards):], meta["seconds"]["total"], Path(out), diverged)
     return Path(out)
 
 
 def initial_models(config: PretrainConfig, num_classes: int) -> list[torch.nn.Module]:
-    """Every agent's model from its own seeded random init."""
+    """Every agent's model from its own seeded random init (agent 0's alone for a union pretraining)."""
     models = []
-    for i in range(config.agents):
+    for i in range(1 if config.union else config.agents):
         torch.manual_seed(derive_seed(config.seed, "init", i))
         models.append(create_model(config.model, num_classes, width=config.width))
     return models
@@ -159,7 +164,7 @@ def train_epochs(population: Population, config: PretrainConfig,
         train_seconds += trained[0]["seconds"]
         agents = set(population.nonfinite_agents()) | {i for i, t in enumerate(trained)
                                                         if not np.isfinite(t["train_loss"])}
-        evaluated = [{}] * config.agents
+        evaluated = [{}] * population.n_agents
         if epoch == config.epochs or agents or (config.eval_every and epoch % config.eval_every == 0):
             tick = time.perf_counter()
             evaluated = population.evaluate()
@@ -170,7 +175,7 @@ def train_epochs(population: Population, config: PretrainConfig,
             agents |= {i for i, e in enumerate(evaluated) if not np.isfinite(e["test_loss"])}
         if agents:
             diverged = {"epoch": epoch, "agents": sorted(agents)}
-        for i in range(config.agents):
+        for i in range(population.n_agents):
             t = trained[i]
             rows.append({"epoch": epoch, "agent": i, "lr": lr, "train_loss": t["train_loss"],
                          "train_acc": t["train_acc"], "train_images": t["train_images"],

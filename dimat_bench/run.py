@@ -217,6 +217,21 @@ def check_data(ckpt: AgentsCheckpoint, dataset: ArrayDataset, pretrained: str) -
                               f"images but {dataset.path} holds {len(dataset.y_train)}; use the same data file")
 
 
+# The graph of a population of one (the centralized method's): nothing to mix.
+ALONE = Topology("alone", "official", np.ones((1, 1), dtype=bool), np.ones((1, 1)))
+
+
+def check_pretraining(method: str, union: bool, pretrained: str) -> None:
+    """A method that starts from the union of the shards needs a union pretraining, every other the
+    N agents'."""
+    wanted = METHODS.get(method).pretraining == "union"
+    if wanted != union:
+        allowed = ("a pretraining with union: true (`pretrain --union`)" if wanted
+                   else "the N agents' pretraining (union: false)")
+        raise ConfigError("pretrained", str(pretrained), allowed,
+                          f"method {method} starts from {'one model on the union of the shards' if wanted else 'N agents'}")
+
+
 def build_cell(config: CellConfig) -> Cell:
     """Read the pretraining and its data, build the population, topology and method: everything
     that can fail, before any training."""
@@ -227,7 +242,9 @@ def build_cell(config: CellConfig) -> Cell:
     precision = resolve_precision(run.precision, device)
     check_environment(device)
     allow_tf32(device)
-    topology = create_topology(run.topology, len(ckpt.states), run.mixing, **run.topology_options())
+    check_pretraining(run.method, bool(pre.get("union")), run.pretrained)
+    topology = (create_topology(run.topology, len(ckpt.states), run.mixing, **run.topology_options())
+                if len(ckpt.states) > 1 else ALONE)  # one model: no graph (the row's topology names the column)
     dataset = load_dataset(pre["dataset"], run.data_dir or pre["data_dir"], download=pre.get("download", True))
     check_data(ckpt, dataset, run.pretrained)
     test_size = run.test_size or pre.get("test_size")
@@ -241,7 +258,7 @@ def build_cell(config: CellConfig) -> Cell:
                             config.run.batch_size, run.seed, precision)
     # The method is built before the output directory: a model it cannot handle fails here, untrained.
     method = create_method(run.method, MethodContext(population, topology, config.options, run.seed))
-    if run.final_merge:  # so is a model the aligned final merge cannot permute
+    if run.final_merge and population.n_agents > 1:  # so is a model the aligned final merge cannot permute
         try:
             permutation_spec(population.models[0])
         except UnsupportedModel as error:
@@ -251,7 +268,8 @@ def build_cell(config: CellConfig) -> Cell:
                       "fixed": method.fixed, "options": type(config.options).__name__}
     meta["pretrained"] = {"path": str(run.pretrained), "config": pre, "code": ckpt.meta.get("code")}
     meta["data"] = {"cache": str(dataset.path), "fingerprint": dataset.fingerprint}
-    meta["topology"] = {"mixing_matrix": topology.mixing_matrix.tolist(), "spectral_gap": topology.spectral_gap}
+    meta["topology"] = {"mixing_matrix": topology.mixing_matrix.tolist(),
+                        "spectral_gap": topology.spectral_gap if topology is not ALONE else None}
     return Cell(config, ckpt, population, topology, method, meta)
 
 
@@ -308,7 +326,7 @@ def run_rounds(cell: Cell, progress: bool = True) -> list[dict]:
                         train=time.perf_counter() - tick - communicated)
         if check_divergence(cell, r, "after_train", progress, rows[-population.n_agents:], stats):
             return rows
-    if cell.config.run.final_merge:
+    if cell.config.run.final_merge and population.n_agents > 1:  # one model: nothing to merge
         rows += final_merge_rows(cell, progress)
     return rows
 

@@ -41,9 +41,19 @@ def cifar10_arrays(cifar10) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def pretrained5(tmp_path_factory, data_dir):
     """5 ResNet-20 agents pretrained 1 epoch on the fixture (noniid, 100 images each), 50 test images."""
+    return pretrain_fixture(tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope="session")
+def pretrained5_union(tmp_path_factory, data_dir):
+    """pretrained5's union pretraining: one model on every image its 5 agents hold (`centralized`)."""
+    return pretrain_fixture(tmp_path_factory, data_dir, "--union")
+
+
+def pretrain_fixture(tmp_path_factory, data_dir, *extra):
     from dimat_bench.cli import main
 
     out = tmp_path_factory.mktemp("cells") / "pretrained"
     assert main(["pretrain", "--data-dir", str(data_dir), "--out", str(out), "--quiet", "--agents", "5",
-                 "--split", "noniid", "--epochs", "1", "--test-size", "50"]) == 0
+                 "--split", "noniid", "--epochs", "1", "--test-size", "50", *extra]) == 0
     return out

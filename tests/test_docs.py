@@ -133,7 +133,7 @@ def shared_tests(name, cifar10):
 def test_the_second_example_passes_the_shared_tests(pavg, cifar10, pretrained5, tmp_path):
     assert pavg.schedule(pavg.build_options()) == Schedule("step", 5)
     shared_tests("pavg", cifar10)
-    shared.test_every_method_runs_a_cell_from_the_command_line("pavg", pretrained5, tmp_path)
+    shared.runs_a_cell_from_the_command_line("pavg", pretrained5, tmp_path)
 
 
 @pytest.mark.parametrize("bug", ["averages nothing", "counts nothing"])

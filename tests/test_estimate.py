@@ -166,3 +166,19 @@ def test_the_final_merges_declared_images_are_what_it_runs(cifar10):
     declared = final_merge.images(5, len(population.train), len(population.test), 70)
     assert seen[0] == declared["bn_reset"] + declared["matching"] + declared["evaluate"]
     assert declared["matching"] == 5 * 70 and declared["evaluate"] == 2 * len(population.test)
+
+
+def test_the_centralized_cell_and_its_union_pretraining_count_one_model(tmp_path):
+    """One model on all 400 training images: the same training images as the 4 agents, one model's
+    evaluations (3 epochs: after epochs 2 and 3; 4 rounds: round 0 and after each), no final merge."""
+    config = GRID | {"grid": [GRID["grid"][0] | {"split": "iid", "topology": "ring", "methods": ["centralized", "local"]}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(config))
+    jobs = estimate.grid_jobs(load_pipeline_config(path))
+    pretrainings = {job.label: job.images for job in jobs if job.kind == "pretrain"}
+    assert pretrainings == {"pretrain cifar10 resnet20-w1 n4": {"train": 1200, "evaluate": 2 * 4 * 60},
+                            "pretrain cifar10 resnet20-w1 n4 union": {"train": 1200, "evaluate": 2 * 1 * 60}}
+    assert cell_images({j.name: j for j in jobs}, "iid", "ring", "centralized") == {"train": 4 * 2 * 400,
+                                                                                 "evaluate": (1 + 4) * 1 * 60}
+    centralized = next(j for j in jobs if j.label.endswith("centralized"))
+    assert centralized.after.startswith("pretrain ") and "union=True" in centralized.after

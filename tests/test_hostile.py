@@ -435,8 +435,12 @@ def test_a_read_only_output_folder(pre, tmp_path):
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_a_diverging_cell_is_a_result(method, pre, tmp_path, capsys):
+def test_a_diverging_cell_is_a_result(method, pre, tmp_path, capsys, data_dir):
     out = tmp_path / "cell"
+    if METHODS.get(method).pretraining == "union":  # one model on the union of pre's shards
+        pre = tmp_path / "union"
+        assert main(["pretrain", "--data-dir", str(data_dir), "--out", str(pre), "--quiet", "--agents", "3",
+                     "--epochs", "1", "--train-size", "120", "--test-size", "60", "--union"]) == 0
     sgd = ["--optimizer", "sgd"] if "optimizer" in METHODS.get(method).settable_keys() else []  # gossip: its own
     assert main(["run", "--pretrained", str(pre), "--method", method, *sgd, "--lr", "1e6",
                  "--rounds", "3", "--epochs-per-round", "1", "--out", str(out), "--quiet"]) == 0

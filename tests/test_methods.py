@@ -139,11 +139,23 @@ def test_every_method_communicates_on_its_schedule_and_it_changes_the_agents(nam
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_runs_a_cell_from_the_command_line(name, pretrained5, tmp_path):
+def test_every_method_runs_a_cell_from_the_command_line(name, request, tmp_path):
     """One round on a ring through `run`: the files, the resolved settings, the measurement phases,
-    and the counts in metrics.csv as the schedule says (its steps from the checkpoint's shards)."""
+    and the counts in metrics.csv as the schedule says (its steps from the checkpoint's shards). A
+    method that starts from the union of the shards runs from pretrained5's union pretraining: one
+    model, nothing sent, no final merge."""
+    union = METHODS.get(name).pretraining == "union"
+    runs_a_cell_from_the_command_line(name, request.getfixturevalue("pretrained5_union" if union else "pretrained5"),
+                                      tmp_path)
+
+
+def runs_a_cell_from_the_command_line(name, pretrained5, tmp_path):
+    """The shared test's body: `name` from `pretrained5` (the union pretraining for a method that
+    starts from it)."""
     out = tmp_path / "cell"
     cls = METHODS.get(name)
+    union = cls.pretraining == "union"
+    agents = 1 if union else 5
     matching = ["--match-samples", "50"] if "match_samples" in cls.settable_keys() else []
     assert main(["run", "--pretrained", str(pretrained5), "--method", name, "--topology", "ring", "--rounds", "1",
                  "--epochs-per-round", "1", *matching, "--final-merge-samples", "40", "--out", str(out), "--quiet"]) == 0
@@ -157,9 +169,10 @@ def test_every_method_runs_a_cell_from_the_command_line(name, pretrained5, tmp_p
         assert meta["config"]["bn_reset_before_match"] is True
     metrics = pd.read_csv(out / "metrics.csv", comment="#")
     phases = (["initial"] + (["after_merge", "after_train"] if cls.family == "merge" else ["after_train"])
-              + ["final_merge_average", "final_merge_aligned"])  # every cell's final global merge
+              + ([] if union else ["final_merge_average", "final_merge_aligned"]))  # every N-agent cell's final merge
     assert metrics.groupby(["round", "phase"], sort=False).size().index.get_level_values("phase").tolist() == phases
-    assert (metrics.groupby(["round", "phase"]).size() == 5).all() and metrics["agent"].tolist()[:5] == list(range(5))
+    assert (metrics.groupby(["round", "phase"]).size() == agents).all()
+    assert metrics["agent"].tolist()[:agents] == list(range(agents))
     assert meta["status"] == "complete" and np.isfinite(metrics["test_loss"]).all()
     assert meta["precision"] == "fp32" and meta["config"]["precision"] == "auto"  # auto is fp32 on a CPU
     final = metrics[metrics["phase"] == "after_train"].sort_values("agent")
@@ -167,7 +180,9 @@ def test_every_method_runs_a_cell_from_the_command_line(name, pretrained5, tmp_p
     steps = max(len(batch_bounds(len(shard), 100)) for shard in shards)
     cost = cell_communication(name, create_topology("ring", 5).mixing_matrix, create_model("resnet20", 10), steps, 1, 1,
                               resolved.options)
-    if cls.random_communication:  # the schedule is an upper bound
+    if union:  # one model: nothing to send, and the schedule says so for any N
+        assert final[["messages_sent", "bytes_sent"]].to_numpy().tolist() == [[0, 0]] and not cost.messages.any()
+    elif cls.random_communication:  # the schedule is an upper bound
         assert (final["messages_sent"].to_numpy() <= cost.messages).all()
     else:
         assert final["messages_sent"].tolist() == cost.messages.tolist()

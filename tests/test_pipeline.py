@@ -359,7 +359,7 @@ def test_diverged_and_failed_cells_are_listed_and_every_table_figure_and_the_rep
     assert "Cells that did not complete (6 of 6)" in markdown and markdown.count("- **failed** ") == 3
     assert "\\textbf" not in (tmp_path / "results" / "tables" / "main.tex").read_text()  # no best among none
     claims = pd.read_csv(tmp_path / "results" / "tables" / "claims.csv", comment="#")
-    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)}
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1"}
     assert any((tmp_path / "figures").glob("accuracy_cifar10_*.png"))
     assert re.search(r"\| pretrained \| [0-9.]+ \| no cell ran \|", markdown), markdown
     report = snakemake("--report", "report.html", *args, cwd=tmp_path)
@@ -392,7 +392,9 @@ def test_a_grid_whose_every_cell_fails_lists_them_all_and_keeps_a_users_figures(
     assert "Cells that did not complete (2 of 2)" in markdown and markdown.count("- **failed** ") == 2
     assert set(pd.read_csv(tmp_path / "results" / "tables" / "main.csv", comment="#")["note"]) == \
         {"failed 1/1", "no cell ran"}
-    assert len(pd.read_csv(tmp_path / "results" / "tables" / "claims.csv", comment="#")) == 7
+    claims = pd.read_csv(tmp_path / "results" / "tables" / "claims.csv", comment="#")
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1"}
+    assert (claims[claims["claim"] == "Z1"]["verdict"] == "not run").all() and len(claims) == 7 + 2  # Z1 per method
     assert (figures / ".gitkeep").exists() and (figures / "mine.png").read_bytes() == b"a user's own figure"
     assert (figures / "communication_cifar10_resnet20_1.png").exists()
     # A rerun of the figures replaces the pipeline's own figures only.

@@ -113,6 +113,9 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     fixed: ClassVar[dict[str, Any]] = {}  # a variant's options, which the run config cannot change
     variant_of: ClassVar[str | None] = None
+    # The pretraining a cell of the method starts from: the N agents', or one model on the union of
+    # their shards (`union`: the centralized ceiling; the planner gives such cells `union: true`).
+    pretraining: ClassVar[str] = "agents"
 
     def __init__(self, context: MethodContext):
         self.population = context.population

@@ -16,6 +16,7 @@ CLAIMS_FILE = str(plan.CLAIMS_FILE)  # the claims the `claims` rule checks
 ENGINE_GPUS = 1 if plan.host_gpus() else 0
 DATA_MANIFEST = f"{RESULTS}/data/{{dataset}}.json"
 PRETRAIN_DIR = f"{RESULTS}/pretrain/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}"
+UNION_DIR = f"{PRETRAIN_DIR}-union"  # one model on the union of the N agents' shards (`centralized` starts there)
 CELL_DIR = f"{RESULTS}/cells/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}/{{topology}}/{{method}}"
 
 wildcard_constraints:
@@ -41,12 +42,15 @@ def cell_dirs():
 
 
 def pretrain_dir(cell) -> str:
-    """The pretraining a cell starts from: its own seed's, or seed 0's when seeds share one."""
-    return PRETRAIN_DIR.format(**{**cell, "seed": plan.pretrain_seed(config, cell)})
+    """The pretraining a cell starts from: its own seed's, or seed 0's when seeds share one; the
+    union's for a method that starts from one model on every agent's images."""
+    pattern = UNION_DIR if plan.union_pretraining(cell["method"]) else PRETRAIN_DIR
+    return pattern.format(**{**cell, "seed": plan.pretrain_seed(config, cell)})
 
 
 def pretrain_dirs():
-    return sorted({pretrain_dir(cell) for cell in CELLS})
+    """The N agents' pretrainings (the class-count figures draw their shards)."""
+    return sorted({pretrain_dir(cell) for cell in CELLS if not plan.union_pretraining(cell["method"])})
 
 
 def cell_pretrained(wildcards):
