@@ -10,7 +10,8 @@ connected for one exchange, and evaluates the one model that results, in two var
   matching on them, the equal-weight average, and its BatchNorm statistics recomputed on them.
 
 The matching images are `final_merge_samples` training images drawn without augmentation from the
-union of the agents' shards (the training set the population holds) with the cell's seed. The merge
+union of the agents' shards (the images they trained on; a non-IID split leaves some of the training
+subset to no agent, and those are never drawn) with the cell's seed. The merge
 works on copies: the agents, their checkpoint and the method's message counts stay as the last round
 left them. It costs one merge per cell (`images`), not one per round.
 """
@@ -44,7 +45,8 @@ def matching_batches(population: Population, samples: int | None, seed: int) -> 
     """`samples` training images (all when None) from the union of the shards, one seeded draw,
     unaugmented, in inference-sized batches; the same images every time it is called."""
     generator = torch.Generator(population.device).manual_seed(derive_seed(seed, "final_merge"))
-    order = torch.randperm(len(population.train), generator=generator, device=population.device)
+    pool = torch.cat(list(population.shards))
+    order = pool[torch.randperm(len(pool), generator=generator, device=population.device)]
     order = order[:samples] if samples is not None else order
     size = inference_batch_size(population.device)
     for lo in range(0, len(order), size):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import states_equal
 
 from dimat_bench import plan
 from dimat_bench.aggregate import PRETRAINED, main_table
@@ -37,8 +38,19 @@ def test_the_union_pretraining_is_one_model_on_every_image_the_agents_hold(pretr
     assert union.class_counts.tolist() == [agents.class_counts.sum(0).tolist()]
     meta = json.loads((pretrainings[1] / "meta.json").read_text())
     assert meta["config"]["union"] is True and meta["config"]["agents"] == 5 and meta["config"]["split"] == "noniid"
-    # it starts from agent 0's init: same architecture, its own weights after training on more images
-    assert union.states[0].keys() == agents.states[0].keys()
+
+
+def test_the_union_pretraining_starts_from_agent_0s_init():
+    """One model, the very init agent 0 of the same setting starts from (not a fresh draw)."""
+    from dimat_bench import config as cfg
+    from dimat_bench.pretrain import PretrainConfig, initial_models
+
+    config = cfg.from_dict(PretrainConfig, {"agents": 5, "split": "noniid", "seed": 3})
+    agents = initial_models(config, 10)
+    union = initial_models(cfg.from_dict(PretrainConfig, {**cfg.to_dict(config), "union": True}), 10)
+    assert len(agents) == 5 and len(union) == 1
+    assert states_equal(union[0].state_dict(), agents[0].state_dict(), atol=0)
+    assert not states_equal(union[0].state_dict(), agents[1].state_dict(), atol=1e-3)
 
 
 def count_training_images(monkeypatch) -> list[int]:

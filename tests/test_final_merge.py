@@ -61,6 +61,18 @@ def stale4(cifar10):
     return population
 
 
+def test_the_matching_images_are_the_union_of_the_shards_not_the_whole_training_subset(cifar10):
+    """A split that leaves images to no agent (non-IID drops leftovers): those are never drawn."""
+    population, parts = make_population(cifar10, n_agents=3, train_index=range(300))
+    held = torch.cat([torch.as_tensor(shard[:20]) for shard in parts.shards])
+    population.shards = [shard[:20] for shard in population.shards]  # 60 of the 300 images held by an agent
+    drawn = torch.cat(list(final_merge.matching_batches(population, None, seed=1)))
+    assert len(drawn) == 60 and len(list(final_merge.matching_batches(population, 1000, seed=1))[0]) == 60
+    expected = population.train.batch(held)[0]
+    key = lambda x: x.flatten(1).double().sum(1).sort().values  # noqa: E731 (the same images, in any order)
+    assert torch.allclose(key(drawn), key(expected))
+
+
 def test_the_aligned_merge_matches_every_agent_to_agent_zero_on_fresh_statistics(stale4):
     images = list(final_merge.matching_batches(stale4, 60, seed=3))
     assert sum(len(x) for x in images) == 60
