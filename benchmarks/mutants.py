@@ -102,6 +102,15 @@ CENTRAL = "tests/test_centralized.py::"
 MERGE_PY, MATCHING_PY = "dimat_bench/methods/merge.py", "dimat_bench/matching.py"
 GOSSIP_PY, AGGREGATE_PY = "dimat_bench/methods/gossip.py", "dimat_bench/aggregate.py"
 BASE_PY = "dimat_bench/methods/base.py"
+BUDGETS = "tests/test_budgets.py::"
+PLACEMENTS = BUDGETS + "test_every_placement_holds_the_budget_in_distinct_rounds_of_the_run"
+BUDGET_CHECK = BUDGETS + "test_a_budget_the_run_cannot_hold_fails_in_one_line_before_any_compute"
+BUDGET_RUN = BUDGETS + "test_a_late_budget_trains_locally_until_its_rounds_then_merges_and_counts_them"
+BUDGET_TABLE = BUDGETS + "test_the_communication_table_gives_every_placement_of_one_budget_the_same_messages_per_run"
+BUDGET_ESTIMATE = ("tests/test_estimate.py::"
+                   "test_a_budgeted_cell_counts_its_merges_and_measurements_for_the_budgets_rounds_only")
+BUDGET_POINT = BUDGETS + "test_the_papers_point_of_a_middle_merge_reads_every_other_round_as_the_agents_entered_it"
+MEASURE = "tests/test_claims.py::test_a_claim_with_a_measure_reads_that_column_not_the_papers_point"
 CHECKPOINT_PY, RESULTS_PY, CLI_PY = "dimat_bench/checkpoint.py", "dimat_bench/results.py", "dimat_bench/cli.py"
 PREFLIGHT_PY, FIGURES_PY, PLAN_PY = "dimat_bench/preflight.py", "dimat_bench/figures.py", "dimat_bench/plan.py"
 
@@ -360,6 +369,29 @@ MUTANTS: list[Mutant] = [
     Mutant("final merge: the estimate leaves it out", "dimat_bench/estimate.py",
            "    if run.final_merge and models > 1:  # once per cell",
            "    if False:  # once per cell", (HAND_COUNTS,)),
+    # Communication budgets: M of the R rounds merge, placed early, uniformly or late, counted alike.
+    Mutant("budget: uniform placement rounds the slice centres down", BASE_PY,
+           "return [-(-(2 * i - 1) * rounds // (2 * m)) for i in range(1, m + 1)]",
+           "return [max(1, (2 * i - 1) * rounds // (2 * m)) for i in range(1, m + 1)]",
+           (BUDGETS + "test_each_placement_merges_in_exactly_its_rounds",)),
+    Mutant("budget: late placement one round early", BASE_PY,
+           "return list(range(rounds - m + 1, rounds + 1))", "return list(range(rounds - m, rounds))", (PLACEMENTS,)),
+    Mutant("budget: a budget above R accepted (the run fails later)", BASE_PY,
+           "(self.budget is None or self.budget > rounds)", "self.budget is None", (BUDGET_CHECK,)),
+    Mutant("budget: the runner merges in every round whatever the budget", "dimat_bench/run.py",
+           "        if r in merging:", "        if method.family == \"merge\":", (BUDGET_RUN,)),
+    Mutant("budget: a run's exchanges counted as R for a budgeted schedule", BASE_PY,
+           "            return len(self.rounds(rounds))", "            return rounds", (BUDGET_TABLE,)),
+    Mutant("budget: messages per epoch at every round's rate", BASE_PY,
+           "        if self.budgeted:\n            if rounds is None:",
+           "        if False:\n            if rounds is None:",
+           (BUDGET_TABLE,)),
+    Mutant("budget: the estimate counts R merges", "dimat_bench/estimate.py",
+           "(merges if method.family == \"merge\" else run.rounds) * count", "run.rounds * count", (BUDGET_ESTIMATE,)),
+    Mutant("budget: the paper's point skips the rounds without a merge", AGGREGATE_PY,
+           "    if len(entering):  # in round order", "    if False:  # in round order", (BUDGET_POINT,)),
+    Mutant("Z2: a claim's measure ignored (the paper's point read)", CLAIMS_PY,
+           '    column = f"{measure}_acc"\n', '    column = "paper_acc"\n', (MEASURE,)),
 ]
 
 

@@ -140,16 +140,30 @@ def agent_means(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def curves(means: pd.DataFrame, point: str) -> pd.DataFrame:
     """Each cell's agent-averaged curve at measurement `point`: round 0 (the pretrained agents), then
-    one row per round, from `after_merge` (paper point, cells that merge) or `after_train`."""
+    one row per round, from `after_merge` (paper point, cells that merge; in a round they did not
+    merge, `no_merge`: the agents as the previous round left them) or `after_train`."""
     if point not in POINTS:
         raise ValueError(f"measurement point {point!r}; allowed: {', '.join(POINTS)}")
     phase = means["phase"]
     if point == "after_train":
-        wanted = phase.isin(["initial", "after_train"])
-    else:  # after_train only for cells that never merge
-        merges = (phase == "after_merge").groupby([means[k] for k in CELL_KEYS], sort=False).transform("any")
-        wanted = phase.isin(["initial", "after_merge"]) | ((phase == "after_train") & ~merges)
-    return means[wanted].assign(point=point).reset_index(drop=True)
+        return means[phase.isin(["initial", "after_train"])].assign(point=point).reset_index(drop=True)
+    # after_train only for cells that never merge
+    merges = (phase == "after_merge").groupby([means[k] for k in CELL_KEYS], sort=False).transform("any")
+    wanted = phase.isin(["initial", "after_merge"]) | ((phase == "after_train") & ~merges)
+    # A round a budget leaves without a merge (docs/benchmark.md#communication-budgets): the agents as
+    # they entered it, i.e. the previous round's after_train (or round 0's), as phase `no_merge`.
+    entering = means[merges & phase.isin(["initial", "after_train"])].assign(round=lambda f: f["round"] + 1,
+                                                                              phase="no_merge")
+    trained = means[merges & (phase == "after_train")][CELL_KEYS + ["round"]]
+    merged = means[merges & (phase == "after_merge")][CELL_KEYS + ["round"]].assign(merged=True)
+    entering = entering.merge(trained, on=CELL_KEYS + ["round"]).merge(merged, on=CELL_KEYS + ["round"], how="left")
+    entering = entering[entering["merged"].isna()].drop(columns="merged")
+    rows = means[wanted]
+    if len(entering):  # in round order within each cell, cells in their order
+        rows = pd.concat([rows, entering[means.columns]])
+        order = rows.groupby(CELL_KEYS, sort=False).ngroup()
+        rows = rows.assign(_cell=order).sort_values(["_cell", "round"], kind="stable").drop(columns="_cell")
+    return rows.assign(point=point).reset_index(drop=True)
 
 
 def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) -> pd.DataFrame:

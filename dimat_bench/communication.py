@@ -9,7 +9,10 @@ run,
     bytes    = messages × numbers per message × 4
 
 with exchanges per epoch 1/E, steps per epoch / K, or 0 (a K that does not divide a round gives a
-fraction, not a rounded-down count). The counts come from the methods' own class methods
+fraction, not a rounded-down count); a budgeted round schedule (M of the R rounds merge) gives
+M / (R·E). The table also gives the whole run's messages (`messages_per_run`: exchanges in R
+rounds × messages per exchange), the number a communication budget holds fixed. The counts come
+from the methods' own class methods
 (`schedule`, `messages_per_exchange`, `message_elements`); tests/test_methods.py checks that a run's
 recorded `messages_sent` and `bytes_sent` equal `cell_communication` for the same cell.
 `grid.communication_rows` applies this to a pipeline config.
@@ -60,10 +63,10 @@ def iid_steps_per_epoch(train_size: int, num_classes: int, n_agents: int, batch_
 def communication_table(methods: list[str], dataset: str, model: str, width: int, agents: list[int],
                         topologies: list[str], train_size: int | None = None, batch_size: int = 100,
                         epochs_per_round: int = 2, mixing: str = "official",
-                        options: Mapping[str, LearningRateOptions] | None = None) -> list[dict]:
-    """One row per method × topology × N: communication per epoch over the whole network, with the
-    `iid` split's shards. `train_size` None = the dataset's whole training set; `options`: method
-    name -> its options (default: its defaults)."""
+                        options: Mapping[str, LearningRateOptions] | None = None, rounds: int = 100) -> list[dict]:
+    """One row per method × topology × N: communication per epoch and over a run of `rounds` rounds,
+    over the whole network, with the `iid` split's shards. `train_size` None = the dataset's whole
+    training set; `options`: method name -> its options (default: its defaults)."""
     options = options or {}
     info = DATASETS.get(dataset)
     train_size = train_size or info.train_images
@@ -76,10 +79,13 @@ def communication_table(methods: list[str], dataset: str, model: str, width: int
             for method in methods:
                 cls = METHODS.get(method)
                 method_options = options.get(method) or cls.build_options()
-                rate = cls.schedule(method_options).per_epoch(steps, epochs_per_round)
-                messages = rate * int(np.sum(cls.messages_per_exchange(matrix, method_options)))
+                schedule = cls.schedule(method_options)
+                per_exchange = int(np.sum(cls.messages_per_exchange(matrix, method_options)))
+                messages = schedule.per_epoch(steps, epochs_per_round, rounds) * per_exchange
                 rows.append({"dataset": dataset, "model": model, "width": width, "agents": n, "topology": topology,
                              "method": method, "family": cls.family, "steps_per_epoch": steps,
                              "epochs_per_round": epochs_per_round, "messages_per_epoch": float(messages),
-                             "bytes_per_epoch": float(messages * cls.message_elements(network) * 4)})
+                             "bytes_per_epoch": float(messages * cls.message_elements(network) * 4),
+                             "rounds": rounds,
+                             "messages_per_run": schedule.exchanges(steps, epochs_per_round, rounds) * per_exchange})
     return rows

@@ -97,19 +97,22 @@ def pretrain_job(pre) -> Job:
 
 def cell_job(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Job:
     """A cell's images: R·E epochs over the training set, N agents × the test set at every
-    measurement (round 0, then after each merge and after each round's training), R times what
-    the method declares per round, and the final global merge's (final_merge.images)."""
+    measurement (round 0, then after each merge and after each round's training), what the method
+    declares per merge times the rounds that merge (R, or a budget's M), and the final global
+    merge's (final_merge.images)."""
     cell_config, pre = grid.cell_config(config, cell), grid.pretrain_config(config, cell)
     run, method = cell_config.run, METHODS.get(cell["method"])
     train, test = dataset_sizes(pre.dataset, pre.train_size, run.test_size or pre.test_size)
     n = pre.agents
     matrix = create_topology(run.topology, n, run.mixing, **run.topology_options()).mixing_matrix
-    measurements = 1 + run.rounds * (2 if method.family == "merge" else 1)
+    # the rounds that start with a merge: every round, or those a budget places
+    merges = len(method.schedule(cell_config.options).rounds(run.rounds)) if method.family == "merge" else 0
+    measurements = 1 + run.rounds + merges
     models = 1 if pre.union else n  # the centralized method trains and evaluates one model
     images = {"train": run.rounds * run.epochs_per_round * train, "evaluate": measurements * models * test}
     shards = [train // n] * n
     for phase, count in method.round_images(matrix, cell_config.options, train, shards).items():
-        images[phase] = images.get(phase, 0) + run.rounds * count
+        images[phase] = images.get(phase, 0) + (merges if method.family == "merge" else run.rounds) * count
     if run.final_merge and models > 1:  # once per cell, after the last round
         for phase, count in final_merge.images(n, train, test, run.final_merge_samples).items():
             images[phase] = images.get(phase, 0) + count

@@ -100,7 +100,8 @@ def communication_rows(config: Mapping[str, Any], manifests: Iterable[Mapping[st
                                     list(axes["topologies"]),
                                     train_size=pre.train_size or train_images[dataset],
                                     batch_size=run.batch_size or pre.batch_size, epochs_per_round=run.epochs_per_round,
-                                    mixing=run.mixing, options={m: c.options for m, c in configs.items()})
+                                    mixing=run.mixing, options={m: c.options for m, c in configs.items()},
+                                    rounds=run.rounds)
     return rows
 
 

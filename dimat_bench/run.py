@@ -5,8 +5,9 @@ R rounds.
 and its options, the topology, the device) before any compute; `run_rounds` is the loop. Outputs in
 `out/`: `metrics.csv` (one row per round × agent × phase), `agents.pt` (final agents) and `meta.json`.
 Round 0 (`phase = initial`) is the pretrained agents before any communication. A round is merge →
-evaluate (`after_merge`) → E epochs → evaluate (`after_train`) for merge methods, and E epochs of
-gossip training → evaluate (`after_train`) for gossip and local methods. After the last round, the
+evaluate (`after_merge`) → E epochs → evaluate (`after_train`) for merge methods (a round their
+schedule's budget leaves out has no merge and no `after_merge` row), and E epochs of gossip
+training → evaluate (`after_train`) for gossip and local methods. After the last round, the
 final global merge of every agent (`final_merge`, unless switched off) adds the phases
 `final_merge_average` and `final_merge_aligned` (final_merge.py)."""
 
@@ -105,7 +106,9 @@ class CellConfig:
         for key, value in options.items():
             if key not in method.option_keys():
                 raise foreign_key_error(key, value, run.method)
-        return cls(run, method.build_options(options))
+        built = method.build_options(options)
+        method.schedule(built).check(run.rounds, run.method)
+        return cls(run, built)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.run), **dataclasses.asdict(self.options)}
@@ -268,6 +271,9 @@ def build_cell(config: CellConfig) -> Cell:
                       "fixed": method.fixed, "options": type(config.options).__name__}
     meta["pretrained"] = {"path": str(run.pretrained), "config": pre, "code": ckpt.meta.get("code")}
     meta["data"] = {"cache": str(dataset.path), "fingerprint": dataset.fingerprint}
+    schedule = method.schedule(config.options)
+    meta["schedule"] = {"unit": schedule.unit, "period": schedule.period, "placement": schedule.placement,
+                        "budget": schedule.budget, "rounds": schedule.rounds(run.rounds)}
     meta["topology"] = {"mixing_matrix": topology.mixing_matrix.tolist(),
                         "spectral_gap": topology.spectral_gap if topology is not ALONE else None}
     return Cell(config, ckpt, population, topology, method, meta)
@@ -305,11 +311,12 @@ def run_rounds(cell: Cell, progress: bool = True) -> list[dict]:
     """Round 0, then R rounds of (merge → evaluate →) E epochs → evaluate; the metric rows. The cell
     stops at the first measurement where an agent has diverged (`cell.diverged` says where)."""
     method, population, epochs = cell.method, cell.population, cell.config.run.epochs_per_round
+    merging = set(method.schedule(method.options).rounds(cell.config.run.rounds)) if method.family == "merge" else set()
     rows = measure(cell, 0, "initial", progress)
     if check_divergence(cell, 0, "initial", progress, rows):
         return rows
     for r in range(1, cell.config.run.rounds + 1):
-        if method.family == "merge":
+        if r in merging:  # a round its budget leaves out goes straight to training
             merged_before = method.communicate_seconds
             try:
                 method.communicate(r)

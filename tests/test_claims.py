@@ -117,14 +117,18 @@ def test_fewer_messages():
 
 def test_the_shipped_claims_are_the_papers_seven_and_zhu_et_al_s_with_known_checks_and_sources():
     data = load_claims()
-    ids = [f"C{i}" for i in range(1, 8)] + ["Z1"]
+    ids = [f"C{i}" for i in range(1, 8)] + ["Z1", "Z2", "Z3"]
     assert [c["id"] for c in data["claims"]] == ids
     table = claims_table({"final": final({"dimat": [50, 51]}), "curves": curves({"dimat": [[30, 31]]}),
                           "communication": communication({"dimat": {(5, "ring"): 5.0}})}, data)
     assert set(table["claim"]) == set(ids) and set(table["verdict"]) <= set(VERDICTS)
     sources = table.drop_duplicates("claim").set_index("claim")["source"]
     assert set(sources[[f"C{i}" for i in range(1, 8)]]) == {"Saadati et al., CVPR 2024 (arXiv 2404.08079)"}
-    assert sources["Z1"] == "Zhu et al., ICLR 2026 (arXiv 2507.06542)"
+    assert sources["Z1"] == sources["Z2"] == "Zhu et al., ICLR 2026 (arXiv 2507.06542)"
+    assert sources["Z3"].startswith("Zhu et al., ICLR 2026 (arXiv 2507.06542), carried over")
+    budgets = {c["id"]: c for c in data["claims"]}
+    assert [(budgets[z]["method"], budgets[z]["baselines"], budgets[z]["measure"]) for z in ("Z2", "Z3")] == [
+        ("wa_late", ["wa_uniform"], "final_merge_average"), ("dimat_late", ["dimat_uniform"], "final_merge_aligned")]
 
 
 def merged_final(agents: dict, merged: dict, setting=SETTING | {"split": "noniid"}) -> pd.DataFrame:
@@ -153,6 +157,20 @@ def test_the_final_merge_claim_pairs_the_merge_with_the_agents_it_merged_per_met
     assert result == ["not run"] * 3 and "final_merge: false" in table["reason"][0]
     result, _ = verdicts(data, final=frame.drop(columns=["final_merge_average_acc"]))
     assert result == ["not run"] * 3
+
+
+def test_a_claim_with_a_measure_reads_that_column_not_the_papers_point():
+    """Z2's shape: late against uniform on the final global merge, where the paper's point says the
+    opposite; an unknown measure is a bad claims file, named."""
+    data = one_claim("higher_final", method="wa_late", baselines=["wa_uniform"], measure="final_merge_average")
+    frame = final({"wa_late": [20, 21, 22], "wa_uniform": [30, 31, 32]})
+    frame["final_merge_average_acc"] = [v / 100 for v in (40, 42, 41, 35, 36, 37)]  # late +5, +6, +4
+    result, table = verdicts(data, final=frame)
+    assert result == ["holds"] and table["ours"][0] == "wa_late 41.00 ± 1.00; wa_uniform 36.00 ± 1.00"
+    assert table["reason"][0].startswith("the final global merge's accuracy (plain average), wa_late minus")
+    assert verdicts(one_claim("higher_final", method="wa_late", baselines=["wa_uniform"]), final=frame)[0] == ["fails"]
+    with pytest.raises(ValueError, match="claim X: measure 'final'; allowed: paper, after_train"):
+        verdicts(one_claim("higher_final", measure="final"), final=frame)
 
 
 # --- the paired interval -----------------------------------------------------------------------------

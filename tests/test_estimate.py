@@ -182,3 +182,24 @@ def test_the_centralized_cell_and_its_union_pretraining_count_one_model(tmp_path
                                                                                  "evaluate": (1 + 4) * 1 * 60}
     centralized = next(j for j in jobs if j.label.endswith("centralized"))
     assert centralized.after.startswith("pretrain ") and "union=True" in centralized.after
+
+
+def test_a_budgeted_cell_counts_its_merges_and_measurements_for_the_budgets_rounds_only(tmp_path):
+    """WA and DIMAT merging in 1 of the 4 rounds: the merge images and the after_merge evaluations of
+    one round, where the every-round method counts 4 (its final merge and training unchanged)."""
+    grid = {**GRID, "run": {**GRID["run"], "merge_budget": 1},
+            "grid": [{**GRID["grid"][0], "split": "iid", "topology": "ring",
+                      "methods": ["dimat", "dimat_late", "dimat_early", "wa", "wa_uniform"]}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    jobs = {job.name: job for job in estimate.grid_jobs(load_pipeline_config(path))}
+    every, late, early = (cell_images(jobs, "iid", "ring", m) for m in ("dimat", "dimat_late", "dimat_early"))
+    assert late == early
+    test_images = 4 * 60  # 4 agents × the 60-image test set, per measurement
+    assert every["evaluate"] - late["evaluate"] == 3 * test_images  # 1 + 4 + 4 against 1 + 4 + 1 measurements
+    assert late["train"] == every["train"]
+    final = {"bn_reset": 5 * 400, "matching": 4 * 400, "correlation": 3 * 400}
+    for phase, count in final.items():  # a round's merge images, once (after the final merge's)
+        assert late[phase] - final[phase] == (every[phase] - final[phase]) // 4 > 0
+    wa, wa_uniform = cell_images(jobs, "iid", "ring", "wa"), cell_images(jobs, "iid", "ring", "wa_uniform")
+    assert wa["evaluate"] - wa_uniform["evaluate"] == 3 * test_images and wa["train"] == wa_uniform["train"]

@@ -442,6 +442,8 @@ def test_a_diverging_cell_is_a_result(method, pre, tmp_path, capsys, data_dir):
         assert main(["pretrain", "--data-dir", str(data_dir), "--out", str(pre), "--quiet", "--agents", "3",
                      "--epochs", "1", "--train-size", "120", "--test-size", "60", "--union"]) == 0
     sgd = ["--optimizer", "sgd"] if "optimizer" in METHODS.get(method).settable_keys() else []  # gossip: its own
+    if METHODS.get(method).fixed.get("merge_schedule", "every") != "every":  # a budget: it merges in 2 of 3 rounds
+        sgd += ["--merge-budget", "2"]
     assert main(["run", "--pretrained", str(pre), "--method", method, *sgd, "--lr", "1e6",
                  "--rounds", "3", "--epochs-per-round", "1", "--out", str(out), "--quiet"]) == 0
     meta = json.loads((out / "meta.json").read_text())

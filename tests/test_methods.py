@@ -1,5 +1,6 @@
 """The shared tests every registered method and variant gets, by name from the registry."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -83,13 +84,19 @@ def test_each_exchange_sends_what_the_graph_says(name, topology):
     assert cls.message_elements(model) == elements
 
 
+def budget_of(cls, rounds: int) -> dict:
+    """A budget of `rounds` rounds for a method whose schedule places one (it needs one), else nothing."""
+    return {"merge_budget": rounds} if cls.fixed.get("merge_schedule", "every") != "every" else {}
+
+
 def exercising(name, cifar10, rounds=2):
     """Method `name` on a 5-agent ring with enough minibatch steps per round (batch 5) to exercise
     a step schedule twice a round; run `rounds` rounds of one epoch as the runner does. Returns the
     method, its local twin's population (the same agents, data and optimizer, never communicating),
     and the lockstep steps per epoch."""
     cls = METHODS.get(name)
-    options = cls.build_options({"match_samples": 20} if "match_samples" in cls.settable_keys() else {})
+    options = cls.build_options({"match_samples": 20} if "match_samples" in cls.settable_keys() else {}
+                                | budget_of(cls, 1))
     schedule = cls.schedule(options)
     steps = 2 * schedule.period if schedule.unit == "step" else 2
     images = range(5 * 5 * (steps + 1))  # shards of an iid split differ by a few images
@@ -101,7 +108,7 @@ def exercising(name, cifar10, rounds=2):
     twin_method = method_for("local", twin, create_topology("ring", 5), reset_optimizer=reset)
     counts = []
     for r in range(1, rounds + 1):
-        if schedule.unit == "round":
+        if r in schedule.rounds(rounds):
             method.communicate(r)
         method.train(1)
         twin_method.train(1)
@@ -122,6 +129,10 @@ def test_every_method_communicates_on_its_schedule_and_it_changes_the_agents(nam
     model = method.population.models[0]
     for r, counted in enumerate(counts, start=1):
         expected = cell_communication(name, ring.mixing_matrix, model, steps, 1, r, options)
+        if schedule.budgeted:  # the budget's rounds of the whole run (one of 2 here) up to round r
+            merged = sum(1 for x in schedule.rounds(len(counts)) if x <= r)
+            expected = cell_communication(name, ring.mixing_matrix, model, steps, 1, merged, dataclasses.replace(
+                options, merge_schedule="every", merge_budget=None))
         if cls.random_communication:
             assert (counted <= expected.messages).all() and counted.sum() > 0
         else:
@@ -157,13 +168,14 @@ def runs_a_cell_from_the_command_line(name, pretrained5, tmp_path):
     union = cls.pretraining == "union"
     agents = 1 if union else 5
     matching = ["--match-samples", "50"] if "match_samples" in cls.settable_keys() else []
+    matching += ["--merge-budget", "1"] if budget_of(cls, 1) else []
     assert main(["run", "--pretrained", str(pretrained5), "--method", name, "--topology", "ring", "--rounds", "1",
                  "--epochs-per-round", "1", *matching, "--final-merge-samples", "40", "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [".dimat-bench", "agents.pt", "meta.json", "metrics.csv"]
     meta = json.loads((out / "meta.json").read_text())  # the resolved config: run keys and the method's options
     resolved = CellConfig.from_mapping(meta["config"])
     assert resolved.to_dict() == meta["config"]
-    assert resolved.options == cls.build_options({"match_samples": 50} if matching else {})
+    assert resolved.options == cls.build_options(({"match_samples": 50} if matching else {}) | budget_of(cls, 1))
     assert resolved.run.method == name and meta["method"]["variant_of"] == cls.variant_of
     if name in ("dimat", "dimat_local"):  # the authors' reset before matching, recorded resolved
         assert meta["config"]["bn_reset_before_match"] is True

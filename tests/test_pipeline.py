@@ -74,7 +74,7 @@ def test_the_tiny_pipeline_builds_the_table_with_every_method_and_the_figures(ti
 
 def test_the_claims_table_has_every_claim_and_verdicts_that_follow_from_the_main_table(tiny_run):
     claims = pd.read_csv(tiny_run / "results" / "tables" / "claims.csv", comment="#")
-    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1"}
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1", "Z2", "Z3"}
     rows = re.findall(r"^\| [CZ]\d \|", (tiny_run / "results" / "tables" / "claims.md").read_text(), re.M)
     assert len(rows) == len(claims)
     # Z1 (Zhu et al.), the grid being non-IID: one row per method, inconclusive with one seed
@@ -84,6 +84,7 @@ def test_the_claims_table_has_every_claim_and_verdicts_that_follow_from_the_main
     assert (z1["source"] == "Zhu et al., ICLR 2026 (arXiv 2507.06542)").all()
     verdict = claims.set_index("claim")["verdict"]
     assert verdict["C1"] == "not run" and verdict["C7"] == "not run"  # no R1 setting, no WM here
+    assert verdict["Z2"] == verdict["Z3"] == "not run"  # no budgeted cells here
     # At 8 agents on the ring the fixture gives one step per one-epoch round: gossip sends as many
     # messages as DIMAT, not more, so "DIMAT sends fewer" fails at this scale.
     assert verdict["C5"] == "fails"
@@ -321,7 +322,7 @@ def test_the_workflow_lints_clean():
 def test_the_default_profile_plans_the_paper_grid():
     result = snakemake("-n", "--profile", "profiles/default", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"cell\s+600", result.stdout) and re.search(r"pretrain\s+12\n", result.stdout)
+    assert re.search(r"cell\s+630", result.stdout) and re.search(r"pretrain\s+12\n", result.stdout)
     assert re.search(r"method=dimat_local", result.stdout) and re.search(r"claims\s+1\n", result.stdout)
     assert re.search(r"data\s+3\n", result.stdout) and re.search(r"communication\s+1\n", result.stdout)
 
@@ -359,7 +360,7 @@ def test_diverged_and_failed_cells_are_listed_and_every_table_figure_and_the_rep
     assert "Cells that did not complete (6 of 6)" in markdown and markdown.count("- **failed** ") == 3
     assert "\\textbf" not in (tmp_path / "results" / "tables" / "main.tex").read_text()  # no best among none
     claims = pd.read_csv(tmp_path / "results" / "tables" / "claims.csv", comment="#")
-    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1"}
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1", "Z2", "Z3"}
     assert any((tmp_path / "figures").glob("accuracy_cifar10_*.png"))
     assert re.search(r"\| pretrained \| [0-9.]+ \| no cell ran \|", markdown), markdown
     report = snakemake("--report", "report.html", *args, cwd=tmp_path)
@@ -393,8 +394,9 @@ def test_a_grid_whose_every_cell_fails_lists_them_all_and_keeps_a_users_figures(
     assert set(pd.read_csv(tmp_path / "results" / "tables" / "main.csv", comment="#")["note"]) == \
         {"failed 1/1", "no cell ran"}
     claims = pd.read_csv(tmp_path / "results" / "tables" / "claims.csv", comment="#")
-    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1"}
-    assert (claims[claims["claim"] == "Z1"]["verdict"] == "not run").all() and len(claims) == 7 + 2  # Z1 per method
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 8)} | {"Z1", "Z2", "Z3"}
+    # Z1 once per method, Z2 and Z3 once
+    assert (claims[claims["claim"] == "Z1"]["verdict"] == "not run").all() and len(claims) == 7 + 2 + 2
     assert (figures / ".gitkeep").exists() and (figures / "mine.png").read_bytes() == b"a user's own figure"
     assert (figures / "communication_cifar10_resnet20_1.png").exists()
     # A rerun of the figures replaces the pipeline's own figures only.

@@ -24,7 +24,7 @@ def cell(**data):
     ({"preset": "paper"}, "preset: got 'paper'; allowed: official"),
     ({"method": "wa", "match_samples": 0}, "match_samples: got 0; allowed: a number >= 1"),
     ({"method": "sgp", "match_samples": 50},
-     "match_samples: got 50; allowed: a key of dimat, dimat_local, dimat_local_stale, dimat_stale, wa, wm, wm_reset only. "
+     "match_samples: got 50; allowed: a key of dimat, dimat_early, dimat_late, dimat_local, dimat_local_stale, dimat_stale, dimat_uniform, wa, wa_early, wa_late, wa_uniform, wm, wm_reset only. "
      "method sgp does not take it"),
     ({"method": "dimat", "gossip_momentum": 0.5}, "gossip_momentum: got 0.5; allowed: a key of cdmsgd only"),
     ({"match_sample": 50}, "match_sample: got 50; allowed: known keys only: .*did you mean 'match_samples'"),

@@ -59,29 +59,76 @@ class MethodContext:
     seed: int
 
 
+# Where a round schedule puts its communicating rounds (docs/benchmark.md#communication-budgets).
+PLACEMENTS = ("every", "early", "uniform", "late")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When a method's agents exchange models: after every `period`-th minibatch step (`"step"`;
     lockstep steps are counted over the whole run, across epochs and rounds, so a period need not
-    divide a round), once at the start of every round (`"round"`), or never (`"never"`)."""
+    divide a round), at the start of a round (`"round"`), or never (`"never"`).
+
+    A round schedule communicates in every round (`placement` every), or in `budget` of the run's R
+    rounds placed `early` (rounds 1..M), `uniform` (one in each of M equal slices of the run, at its
+    centre: round ⌈(2i − 1)·R / 2M⌉ for i = 1..M, so M = R/K is every K-th round) or `late` (rounds
+    R − M + 1..R); a budget of None is every round."""
 
     unit: str
     period: int = 1
+    placement: str = "every"
+    budget: int | None = None
 
     def __post_init__(self):
         if self.unit not in ("step", "round", "never") or self.period < 1 or (self.unit != "step" and self.period != 1):
             raise ValueError(f"Schedule({self.unit!r}, {self.period}): unit step (period >= 1), round or never")
+        if self.placement not in PLACEMENTS or (self.placement != "every" and self.unit != "round") or \
+                (self.budget is not None and self.budget < 1):
+            raise ValueError(f"Schedule placement {self.placement!r}, budget {self.budget}: a placement of "
+                             f"{', '.join(PLACEMENTS)} (other than every for a round schedule only), a budget >= 1")
+
+    @property
+    def budgeted(self) -> bool:
+        return self.unit == "round" and self.placement != "every" and self.budget is not None
+
+    def check(self, rounds: int, method: str) -> None:
+        """Raise ConfigError when a run of `rounds` rounds cannot hold this schedule (a placement with
+        no budget, or a budget over R)."""
+        if self.unit == "round" and self.placement != "every" and (self.budget is None or self.budget > rounds):
+            raise ConfigError("merge_budget", self.budget, f"a number of rounds from 1 to rounds ({rounds})",
+                              f"{method} merges in merge_budget {self.placement} rounds of the run")
+
+    def rounds(self, rounds: int) -> list[int]:
+        """The rounds (1..R) that start with an exchange: all of them for an every-round schedule, the
+        budget's placed ones for a budgeted one, none for a step or never schedule."""
+        if self.unit != "round":
+            return []
+        if not self.budgeted:
+            return list(range(1, rounds + 1))
+        m = self.budget
+        if m > rounds:
+            raise ValueError(f"a budget of {m} rounds in a run of {rounds}")
+        if self.placement == "early":
+            return list(range(1, m + 1))
+        if self.placement == "late":
+            return list(range(rounds - m + 1, rounds + 1))
+        return [-(-(2 * i - 1) * rounds // (2 * m)) for i in range(1, m + 1)]
 
     def exchanges(self, steps_per_epoch: int, epochs_per_round: int, rounds: int) -> int:
         """How many exchanges a run of `rounds` rounds makes."""
         if self.unit == "never":
             return 0
         if self.unit == "round":
-            return rounds
+            return len(self.rounds(rounds))
         return steps_per_epoch * epochs_per_round * rounds // self.period
 
-    def per_epoch(self, steps_per_epoch: int, epochs_per_round: int) -> Fraction:
-        """Exchanges per epoch in the long run (what the communication table and figure show), exact."""
+    def per_epoch(self, steps_per_epoch: int, epochs_per_round: int, rounds: int | None = None) -> Fraction:
+        """Exchanges per epoch (what the communication table and figure show), exact: in the long run,
+        or, for a budgeted schedule, averaged over a run of `rounds` rounds (required then)."""
+        if self.budgeted:
+            if rounds is None:
+                raise ValueError("a budgeted schedule's exchanges per epoch depend on the run's rounds")
+            return Fraction(self.exchanges(steps_per_epoch, epochs_per_round, rounds), rounds * epochs_per_round)
         return {"never": Fraction(0), "round": Fraction(1, epochs_per_round),
                 "step": Fraction(steps_per_epoch, self.period)}[self.unit]
 
@@ -92,8 +139,9 @@ EVERY_STEP, EVERY_ROUND, NEVER = Schedule("step"), Schedule("round"), Schedule("
 class Method:
     """One decentralized algorithm.
 
-    `family` decides the round (docs/benchmark.md#one-cell): "merge" methods communicate once per
-    round in `communicate` (then the runner evaluates and trains E epochs); "gossip" methods
+    `family` decides the round (docs/benchmark.md#one-cell): "merge" methods communicate at the start
+    of a round in `communicate` (then the runner evaluates and trains E epochs), in every round or in
+    the rounds their schedule's budget places (`Schedule.rounds`); "gossip" methods
     communicate inside training; "local" methods never communicate. `schedule(options)` says
     exactly when (by default from the family: every round, every step, never); a method that
     communicates every K steps returns `Schedule("step", K)` and does it in `exchange`, which the

@@ -21,7 +21,7 @@ from ..matching import (
 from ..permutation import FeatureExtractor, permutation_spec
 from ..population import derive_seed
 from ..topology import neighbours as graph_neighbours
-from .base import Method, MethodOptions, out_degrees, register
+from .base import PLACEMENTS, Method, MethodOptions, Schedule, out_degrees, register
 
 # The authors' code: match on the whole (augmented) training set, BN momentum left cumulative after a
 # merge, and under fc only agent 0 merges while every agent receives its result. (Their DIMAT also
@@ -45,6 +45,11 @@ class MergeOptions(MethodOptions):
     bn_reset: bool = cfg.option(False, "recompute BatchNorm statistics on the matching data after a merge")
     bn_momentum_cumulative: bool = cfg.option(False, "official: leave BN momentum cumulative after a merge")
     fc_merge_once: bool = cfg.option(False, "official: under fc only agent 0 merges, everyone copies it")
+    merge_schedule: str = cfg.option("every", "the rounds that merge: every round, or merge_budget of them placed "
+                                     "early (the first), uniform (spread evenly) or late (the last)",
+                                     choices=lambda: list(PLACEMENTS))
+    merge_budget: int | None = cfg.option(None, "rounds that merge under merge_schedule early, uniform or late "
+                                          "(required by them; every ignores it)", min=1)
 
     @staticmethod
     def with_preset(data: dict) -> dict:
@@ -92,6 +97,11 @@ class MergeMethod(Method):
         super().__init__(context)
         self.elements = self.message_elements(self.population.models[0])
         self.match_batch_size = inference_batch_size(self.population.device)
+
+    @classmethod
+    def schedule(cls, options):
+        """At the start of every round, or of the `merge_budget` rounds `merge_schedule` places."""
+        return Schedule("round", placement=options.merge_schedule, budget=options.merge_budget)
 
     @classmethod
     def messages_per_exchange(cls, matrix, options):

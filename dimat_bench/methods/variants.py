@@ -17,3 +17,8 @@ variant("dimat_local", "dimat", match_data="local", match_augment=False, bn_mome
 variant("dimat_stale", "dimat", bn_reset_before_match=False)
 variant("dimat_local_stale", "dimat_local", bn_reset_before_match=False)
 variant("wm_reset", "wm", bn_reset=True)  # WM with DIMAT's BatchNorm reset after the merge
+# Communication budgets (docs/benchmark.md#communication-budgets): DIMAT and WA merging in
+# `merge_budget` rounds (set in the run config, the same for all six) placed early, uniformly or late.
+for _method in ("dimat", "wa"):
+    for _placement in ("early", "uniform", "late"):
+        variant(f"{_method}_{_placement}", _method, merge_schedule=_placement)
