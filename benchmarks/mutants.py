@@ -392,6 +392,9 @@ MUTANTS: list[Mutant] = [
            "    if len(entering):  # in round order", "    if False:  # in round order", (BUDGET_POINT,)),
     Mutant("Z2: a claim's measure ignored (the paper's point read)", CLAIMS_PY,
            '    column = f"{measure}_acc"\n', '    column = "paper_acc"\n', (MEASURE,)),
+    Mutant("figures: the pretrained line averages in the centralized model's start", "dimat_bench/figures.py",
+           'agents = ~frame["method"].map(union_pretraining).astype(bool)', 'agents = frame["method"] == frame["method"]',
+           ("tests/test_figures.py::test_the_pretrained_line_is_the_agents_start_not_the_centralized_models",)),
 ]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import agent_means, curves, setting_label
-from .plan import SETTING_KEYS
+from .plan import SETTING_KEYS, union_pretraining
 from .results import atomic_path, write_json
 
 
@@ -52,8 +52,10 @@ def accuracy_curves(metrics: pd.DataFrame, out_dir: str | Path, references: dict
             line = _mean_curve(ax, per_method, "-", method)
             if (frame[frame["method"] == method]["phase"] == "after_merge").any():
                 _mean_curve(ax, trained[trained["method"] == method], ":", None, line.get_color())
-        ax.axhline(100 * frame[frame["phase"] == "initial"]["test_acc"].mean(), color="black", linestyle="--",
-                   linewidth=1, label="pretrained")
+        # the agents' start: a centralized cell starts from its own union pretraining, not theirs
+        agents = ~frame["method"].map(union_pretraining).astype(bool)
+        ax.axhline(100 * frame[agents & (frame["phase"] == "initial")]["test_acc"].mean(), color="black",
+                   linestyle="--", linewidth=1, label="pretrained")
         _references(ax, setting, references or {})
         _accuracy_axes(ax, setting_label(setting))
         written += save(fig, Path(out_dir) / ("accuracy_" + "_".join(str(v) for v in setting.values())))

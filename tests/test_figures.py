@@ -119,3 +119,16 @@ def test_publishing_replaces_the_pipelines_own_figures_and_never_touches_a_file_
     assert listing() == {".gitkeep": "", "a.png": "a first", "b.pdf": "b first", "mine.png": "a user's own figure"}
     assert (tmp_path / "elsewhere.png").read_text() == "outside the folder"
     assert (target / "sub" / "x.png").read_text() == "in a subfolder"
+
+
+def test_the_pretrained_line_is_the_agents_start_not_the_centralized_models(captured, tmp_path):
+    """A centralized cell starts from its own pretraining on the union (far more accurate at this
+    scale); the dashed line is the N agents' start only."""
+    metrics = synthetic_metrics()
+    central = metrics[(metrics["method"] == "local") & (metrics["agent"] == 0)].assign(method="centralized")
+    central["test_acc"] = 0.99
+    figures.accuracy_curves(pd.concat([metrics, central]), tmp_path)
+    [fig] = captured.values()
+    initial = 100 * metrics[metrics["phase"] == "initial"]["test_acc"].mean()
+    np.testing.assert_allclose(lines(fig)["pretrained"].get_ydata(), [initial, initial], rtol=1e-12)
+    assert lines(fig)["centralized"].get_ydata()[0] == pytest.approx(99.0)
