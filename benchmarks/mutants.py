@@ -111,6 +111,16 @@ BUDGET_ESTIMATE = ("tests/test_estimate.py::"
                    "test_a_budgeted_cell_counts_its_merges_and_measurements_for_the_budgets_rounds_only")
 BUDGET_POINT = BUDGETS + "test_the_papers_point_of_a_middle_merge_reads_every_other_round_as_the_agents_entered_it"
 MEASURE = "tests/test_claims.py::test_a_claim_with_a_measure_reads_that_column_not_the_papers_point"
+NETWORK = "tests/test_network.py::"
+NETWORK_PY = "dimat_bench/network.py"
+RENORMALISED = NETWORK + "test_a_merge_renormalises_over_what_arrived_and_leaves_untouched_rows_bit_for_bit"
+ONE_LEFT = NETWORK + "test_a_merge_with_all_messages_lost_but_one_is_the_two_model_merge_with_renormalised_weights"
+FAULT_STREAM = NETWORK + "test_the_faults_come_from_their_own_stream_the_same_for_every_rate"
+ABSENT = NETWORK + "test_an_absent_agent_neither_sends_nor_receives_and_push_sum_loses_a_lost_share"
+VARYING_MERGE = NETWORK + "test_a_merge_on_a_time_varying_graph_uses_each_rounds_drawn_matrix"
+VARYING_GOSSIP = NETWORK + "test_a_gossip_step_on_a_time_varying_graph_mixes_with_that_steps_drawn_matrix"
+ONE_PEER = NETWORK + "test_the_one_peer_exponential_graph_has_the_sgp_papers_period_and_union"
+DOUBLY = NETWORK + "test_a_method_that_needs_doubly_stochastic_mixing_rejects_a_directed_graph_that_cannot_give_it"
 CHECKPOINT_PY, RESULTS_PY, CLI_PY = "dimat_bench/checkpoint.py", "dimat_bench/results.py", "dimat_bench/cli.py"
 PREFLIGHT_PY, FIGURES_PY, PLAN_PY = "dimat_bench/preflight.py", "dimat_bench/figures.py", "dimat_bench/plan.py"
 
@@ -395,6 +405,29 @@ MUTANTS: list[Mutant] = [
     Mutant("figures: the pretrained line averages in the centralized model's start", "dimat_bench/figures.py",
            'agents = ~frame["method"].map(union_pretraining).astype(bool)', 'agents = frame["method"] == frame["method"]',
            ("tests/test_figures.py::test_the_pretrained_line_is_the_agents_start_not_the_centralized_models",)),
+    # Networks as they are (issue 22): time-varying and directed graphs, lost messages, absent agents.
+    Mutant("faults: a lost message still counted as delivered", NETWORK_PY,
+           "delivered = sent & ~lost & ~absent[:, None]", "delivered = sent & ~absent[:, None]", (RENORMALISED,)),
+    Mutant("faults: drawn from the global torch stream that data order shares", NETWORK_PY,
+           "lost = rng.random((n, n)) < self.drop_rate",
+           'lost = __import__("torch").rand((n, n)).numpy() < self.drop_rate', (FAULT_STREAM,)),
+    Mutant("faults: a merge's weights not renormalised over what arrived", NETWORK_PY,
+           "out[touched] = rows / rows.sum(axis=1, keepdims=True)", "out[touched] = rows", (RENORMALISED, ONE_LEFT)),
+    Mutant("faults: an absent agent still sends", NETWORK_PY,
+           "sent = support & ~absent[None, :]", "sent = support", (ABSENT,)),
+    Mutant("faults: push-sum keeps a lost message's share", NETWORK_PY,
+           "out = np.where(self.delivered | np.eye(n, dtype=bool), push, 0.0)", "out = np.array(push, dtype=float)",
+           (ABSENT,)),
+    Mutant("time-varying: every round merges over exchange 0's graph", "dimat_bench/methods/merge.py",
+           "self.topology.at(round_index - 1)", "self.topology.at(0)", (VARYING_MERGE,)),
+    Mutant("time-varying: a gossip step mixes over the expected matrix", "dimat_bench/methods/gossip.py",
+           "            if not self.perfect_network:", "            if self.faults.active:", (VARYING_GOSSIP,)),
+    Mutant("one-peer exponential: the hop one step ahead of the exchange", "dimat_bench/topology.py",
+           "adjacency[(i + hops[t % len(hops)]) % n, i] = True", "adjacency[(i + hops[(t + 1) % len(hops)]) % n, i] = True",
+           (ONE_PEER, VARYING_MERGE)),
+    Mutant("cdsgd: a directed graph that is not doubly stochastic accepted", "dimat_bench/methods/gossip.py",
+           "        if not (self.needs_doubly_stochastic and self.topology.directed):",
+           "        if True:", (DOUBLY,)),
 ]
 
 

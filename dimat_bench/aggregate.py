@@ -116,6 +116,8 @@ def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
             raise ValueError(f"{seen[key]} and {directory} are the same cell {dict(zip(CELL_KEYS, key))}")
         seen[key] = directory
         frame = pd.read_csv(directory / "metrics.csv", comment="#")
+        if "messages_delivered" not in frame:  # a cell run before faults existed: every message arrived
+            frame.insert(frame.columns.get_loc("bytes_sent") + 1, "messages_delivered", frame["messages_sent"])
         for column, value in settings.items():
             frame.insert(len(frame.columns), column, value)
         frames.append(frame)
@@ -130,6 +132,7 @@ def agent_means(metrics: pd.DataFrame) -> pd.DataFrame:
     """Agent-averaged metrics per cell, round and phase; NaN where any agent's value is NaN (a
     diverged agent), never the mean of the others."""
     columns = ["test_acc", "test_loss", "own_acc", "consensus_distance", "messages_sent", "bytes_sent"]
+    columns += ["messages_delivered"] if "messages_delivered" in metrics else []
     keys = CELL_KEYS + ["round", "phase"]
     grouped = metrics.groupby(keys, sort=False)
     means = grouped[columns].mean()
@@ -184,6 +187,8 @@ def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) ->
     for phase in FINAL_MERGES:  # NaN for a cell that ran without it
         final[f"{phase}_acc"] = last[last["phase"] == phase].set_index(CELL_KEYS)["test_acc"]
     final["messages_per_agent"], final["bytes_per_agent"] = trained["messages_sent"], trained["bytes_sent"]
+    if "messages_delivered" in trained:
+        final["messages_delivered_per_agent"] = trained["messages_delivered"]
     penalty = merge_penalty(means).groupby(CELL_KEYS)["penalty"]
     final["merge_penalty_first"], final["merge_penalty_mean"] = penalty.first(), penalty.mean()
     final = final.reset_index()

@@ -9,7 +9,8 @@ run,
     bytes    = messages × numbers per message × 4
 
 with exchanges per epoch 1/E, steps per epoch / K, or 0 (a K that does not divide a round gives a
-fraction, not a rounded-down count); a budgeted round schedule (M of the R rounds merge) gives
+fraction, not a rounded-down count; a time-varying graph's messages per exchange are the mean over
+one period, or exchange 0's for a random graph, whose count never changes); a budgeted round schedule (M of the R rounds merge) gives
 M / (R·E). The table also gives the whole run's messages (`messages_per_run`: exchanges in R
 rounds × messages per exchange), the number a communication budget holds fixed. The counts come
 from the methods' own class methods
@@ -21,6 +22,7 @@ recorded `messages_sent` and `bytes_sent` equal `cell_communication` for the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Mapping
 
 import numpy as np
@@ -75,17 +77,19 @@ def communication_table(methods: list[str], dataset: str, model: str, width: int
     for n in agents:
         steps = iid_steps_per_epoch(train_size, info.num_classes, n, batch_size)
         for topology in topologies:
-            matrix = create_topology(topology, n, mixing).mixing_matrix
+            matrices = create_topology(topology, n, mixing).period_matrices()  # a time-varying graph: a period's
             for method in methods:
                 cls = METHODS.get(method)
                 method_options = options.get(method) or cls.build_options()
                 schedule = cls.schedule(method_options)
-                per_exchange = int(np.sum(cls.messages_per_exchange(matrix, method_options)))
+                per_exchange = Fraction(sum(int(np.sum(cls.messages_per_exchange(m, method_options))) for m in matrices),
+                                        len(matrices))
                 messages = schedule.per_epoch(steps, epochs_per_round, rounds) * per_exchange
+                per_run = schedule.exchanges(steps, epochs_per_round, rounds) * per_exchange
                 rows.append({"dataset": dataset, "model": model, "width": width, "agents": n, "topology": topology,
                              "method": method, "family": cls.family, "steps_per_epoch": steps,
                              "epochs_per_round": epochs_per_round, "messages_per_epoch": float(messages),
                              "bytes_per_epoch": float(messages * cls.message_elements(network) * 4),
                              "rounds": rounds,
-                             "messages_per_run": schedule.exchanges(steps, epochs_per_round, rounds) * per_exchange})
+                             "messages_per_run": int(per_run) if per_run.denominator == 1 else float(per_run)})
     return rows

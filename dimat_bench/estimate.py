@@ -104,15 +104,20 @@ def cell_job(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Job:
     run, method = cell_config.run, METHODS.get(cell["method"])
     train, test = dataset_sizes(pre.dataset, pre.train_size, run.test_size or pre.test_size)
     n = pre.agents
-    matrix = create_topology(run.topology, n, run.mixing, **run.topology_options()).mixing_matrix
+    # a time-varying graph: a period's matrices (a random graph: exchange 0's), each merge the mean of theirs
+    matrices = create_topology(run.topology, n, run.mixing, run.seed, **run.topology_options()).period_matrices()
     # the rounds that start with a merge: every round, or those a budget places
     merges = len(method.schedule(cell_config.options).rounds(run.rounds)) if method.family == "merge" else 0
     measurements = 1 + run.rounds + merges
     models = 1 if pre.union else n  # the centralized method trains and evaluates one model
     images = {"train": run.rounds * run.epochs_per_round * train, "evaluate": measurements * models * test}
     shards = [train // n] * n
-    for phase, count in method.round_images(matrix, cell_config.options, train, shards).items():
-        images[phase] = images.get(phase, 0) + (merges if method.family == "merge" else run.rounds) * count
+    per_round: dict[str, int] = {}
+    for matrix in matrices:
+        for phase, count in method.round_images(matrix, cell_config.options, train, shards).items():
+            per_round[phase] = per_round.get(phase, 0) + count
+    for phase, count in per_round.items():
+        images[phase] = images.get(phase, 0) + (merges if method.family == "merge" else run.rounds) * count // len(matrices)
     if run.final_merge and models > 1:  # once per cell, after the last round
         for phase, count in final_merge.images(n, train, test, run.final_merge_samples).items():
             images[phase] = images.get(phase, 0) + count

@@ -18,15 +18,9 @@ import torch.nn.functional as F
 
 from .data import DeviceData
 from .devices import autocast, inference_batch_size
-from .registry import ConfigError
+from .registry import ConfigError, derive_seed  # noqa: F401  (derive_seed: imported from here by the engine)
 
 OPTIMIZERS = ("adam", "sgd")
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """An independent 63-bit seed for one stream (e.g. ("init", agent)) of a run seed."""
-    words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode(), "little") % 2**32 for k in keys]
-    return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass(frozen=True)

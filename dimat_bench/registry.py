@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 
@@ -58,3 +60,9 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """An independent 63-bit seed for one stream (e.g. ("init", agent)) of a run seed."""
+    words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode(), "little") % 2**32 for k in keys]
+    return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> np.uint64(1))

@@ -29,7 +29,7 @@ CSV_META_PREFIX = "# dimat-bench meta: "
 
 # A cell's metrics.csv: one row per agent and evaluation (written by run.py, read by aggregate.py).
 CELL_METRIC_COLUMNS = ["round", "agent", "phase", "test_acc", "test_loss", "own_acc", "own_loss", "consensus_distance",
-                       "messages_sent", "bytes_sent", "train_loss", "train_acc", "lr", "seconds_train",
+                       "messages_sent", "bytes_sent", "messages_delivered", "train_loss", "train_acc", "lr", "seconds_train",
                        "seconds_communicate", "seconds_evaluate"]
 
 

@@ -30,6 +30,7 @@ from .devices import PRECISIONS, allow_tf32, check_device, check_environment, re
 from .methods import METHODS, LearningRateOptions, Method, MethodContext, create_method
 from .permutation import UnsupportedModel, permutation_spec
 from .population import Population
+from .network import Faults
 from .registry import ConfigError, Diverged, did_you_mean
 from .results import CELL_METRIC_COLUMNS, StagedDirectory, provenance, read_failure, write_csv, write_json
 from .topology import GRAPHS, WEIGHTS, Topology, create_topology
@@ -46,8 +47,12 @@ class RunConfig:
     method: str = cfg.option("dimat", "decentralized method or variant", choices=METHODS.names)
     topology: str = cfg.option("ring", "communication graph", choices=GRAPHS.names)
     mixing: str = cfg.option("official", "mixing weights", choices=WEIGHTS.names)
-    edges: str | None = cfg.option(None, "topology edges only: its undirected edges as i-j pairs, e.g. 0-1,1-2,2-0",
-                                   check=lambda text: parse_edges(text))  # defined below
+    edges: str | None = cfg.option(None, "topology edges only: its edges as i-j pairs (undirected) or i>j (i sends "
+                                   "to j), e.g. 0-1,1-2,2>0", check=lambda text: parse_edges(text))  # defined below
+    drop_rate: float = cfg.option(0.0, "probability that each message of an exchange is lost, independently "
+                                  "(docs/benchmark.md#networks-as-they-are)", min=0.0, max=1.0)
+    absent_rate: float = cfg.option(0.0, "probability that an agent sits an exchange out, neither sending nor "
+                                    "receiving", min=0.0, max=1.0)
     rounds: int = cfg.option(100, "rounds of communicate + train", min=1)
     epochs_per_round: int = cfg.option(2, "local epochs per round (E)", min=1)
     batch_size: int | None = cfg.option(None, "minibatch size (none = the pretraining's)", min=2)
@@ -68,18 +73,28 @@ class RunConfig:
                               f"(topology is {self.topology})")
 
     def topology_options(self) -> dict:
-        return {"edges": parse_edges(self.edges)} if self.edges is not None else {}
+        if self.edges is None:
+            return {}
+        edges = parse_edges(self.edges)
+        return {"edges": [(i, j) for i, j, sends in edges if not sends],
+                "directed": [(i, j) for i, j, sends in edges if sends]}
+
+    def faults(self) -> Faults:
+        """The cell's lost messages and absent agents, drawn from its own stream of the seed."""
+        return Faults(self.drop_rate, self.absent_rate, self.seed)
 
 
-def parse_edges(text: str) -> list[tuple[int, int]]:
-    """`0-1,1-2` -> [(0, 1), (1, 2)]; agent indices are checked against N when the graph is built."""
+def parse_edges(text: str) -> list[tuple[int, int, bool]]:
+    """`0-1,1>2` -> [(0, 1, False), (1, 2, True)]: i-j an undirected edge, i>j agent i sending to j
+    only; agent indices are checked against N when the graph is built."""
     edges = []
     for part in text.replace(" ", "").split(","):
-        pair = part.split("-")
+        sends = ">" in part
+        pair = part.split(">" if sends else "-")
         if len(pair) != 2 or not all(p.isdigit() for p in pair):
-            raise ConfigError("edges", text, "comma-separated i-j pairs of agent indices, e.g. 0-1,1-2,2-0",
-                              f"{part!r} is not one")
-        edges.append((int(pair[0]), int(pair[1])))
+            raise ConfigError("edges", text, "comma-separated i-j (undirected) or i>j (i sends to j) pairs of agent "
+                              "indices, e.g. 0-1,1-2,2>0", f"{part!r} is not one")
+        edges.append((int(pair[0]), int(pair[1]), sends))
     return edges
 
 
@@ -246,7 +261,7 @@ def build_cell(config: CellConfig) -> Cell:
     check_environment(device)
     allow_tf32(device)
     check_pretraining(run.method, bool(pre.get("union")), run.pretrained)
-    topology = (create_topology(run.topology, len(ckpt.states), run.mixing, **run.topology_options())
+    topology = (create_topology(run.topology, len(ckpt.states), run.mixing, run.seed, **run.topology_options())
                 if len(ckpt.states) > 1 else ALONE)  # one model: no graph (the row's topology names the column)
     dataset = load_dataset(pre["dataset"], run.data_dir or pre["data_dir"], download=pre.get("download", True))
     check_data(ckpt, dataset, run.pretrained)
@@ -260,7 +275,7 @@ def build_cell(config: CellConfig) -> Cell:
                             [np.flatnonzero(c) for c in ckpt.class_counts], config.options.optimizer_spec(),
                             config.run.batch_size, run.seed, precision)
     # The method is built before the output directory: a model it cannot handle fails here, untrained.
-    method = create_method(run.method, MethodContext(population, topology, config.options, run.seed))
+    method = create_method(run.method, MethodContext(population, topology, config.options, run.seed, run.faults()))
     if run.final_merge and population.n_agents > 1:  # so is a model the aligned final merge cannot permute
         try:
             permutation_spec(population.models[0])
@@ -274,9 +289,20 @@ def build_cell(config: CellConfig) -> Cell:
     schedule = method.schedule(config.options)
     meta["schedule"] = {"unit": schedule.unit, "period": schedule.period, "placement": schedule.placement,
                         "budget": schedule.budget, "rounds": schedule.rounds(run.rounds)}
-    meta["topology"] = {"mixing_matrix": topology.mixing_matrix.tolist(),
-                        "spectral_gap": topology.spectral_gap if topology is not ALONE else None}
+    meta["topology"] = network_meta(topology) | {"drop_rate": run.drop_rate, "absent_rate": run.absent_rate}
     return Cell(config, ckpt, population, topology, method, meta)
+
+
+def network_meta(topology: Topology) -> dict:
+    """What meta.json records of the graph: its mixing matrix (a time-varying graph's expected one),
+    whether it is directed or time-varying, its period, and the spectral gap 1 − |λ₂| of that matrix
+    (and, for a periodic graph, of the product of one period's matrices)."""
+    if topology is ALONE:
+        return {"mixing_matrix": topology.mixing_matrix.tolist(), "spectral_gap": None}
+    return {"mixing_matrix": topology.mixing_matrix.tolist(), "directed": topology.directed,
+            "time_varying": topology.time_varying,
+            "period": topology.process.period if topology.time_varying else 1,
+            "spectral_gap": topology.spectral_gap, "period_spectral_gap": topology.period_spectral_gap}
 
 
 def metric_rows(round_index: int, phase: str, evaluated: list[dict], consensus: float, method: Method,
@@ -288,7 +314,8 @@ def metric_rows(round_index: int, phase: str, evaluated: list[dict], consensus: 
         rows.append({"round": round_index, "agent": i, "phase": phase, "test_acc": e["test_acc"],
                      "test_loss": e["test_loss"], "own_acc": e["own_acc"], "own_loss": e["own_loss"],
                      "consensus_distance": consensus, "messages_sent": int(method.messages_sent[i]),
-                     "bytes_sent": int(method.bytes_sent[i]), "train_loss": trained.get("train_loss"),
+                     "bytes_sent": int(method.bytes_sent[i]),
+                     "messages_delivered": int(method.messages_delivered[i]), "train_loss": trained.get("train_loss"),
                      "train_acc": trained.get("train_acc"), "lr": lr, "seconds_train": seconds.get("train", 0.0),
                      "seconds_communicate": seconds.get("communicate", 0.0),
                      "seconds_evaluate": seconds["evaluate"]})

@@ -8,6 +8,7 @@ from dimat_bench.data import device_datasets
 from dimat_bench.matching import batchnorm_layers, reset_batchnorm
 from dimat_bench.methods import METHODS, MethodContext, create_method
 from dimat_bench.models import create_model
+from dimat_bench.network import NO_FAULTS
 from dimat_bench.population import OptimizerSpec, Population, derive_seed
 from dimat_bench.splits import create_split
 
@@ -97,13 +98,14 @@ def permuted_copies(base, spec, n):
     return models, states
 
 
-def method_for(name, population, topology, seed=0, **options):
+def method_for(name, population, topology, seed=0, faults=NO_FAULTS, **options):
     """Method `name` on `population`, its options built by field name: its defaults, `options`, and
-    100 matching images where it takes them and they are not fixed."""
+    100 matching images where it takes them and they are not fixed; `faults` its network's."""
     cls = METHODS.get(name)
     if "match_samples" in cls.settable_keys():
         options = {"match_samples": 100, **options}
-    return create_method(name, MethodContext(population, topology, cls.build_options(options), seed=seed))
+    return create_method(name, MethodContext(population, topology, cls.build_options(options), seed=seed,
+                                             faults=faults))
 
 
 __all__ = ["ROOT", "make_population", "states_equal", "assert_states_close", "flat_floats", "scramble_batchnorm",

@@ -12,7 +12,7 @@ PACKAGE = ROOT / "dimat_bench"
 # Lowest first. A package (methods, models) is one unit: its modules may import each other.
 LAYERS = [
     {"registry"},
-    {"config", "results", "devices", "splits", "topology", "permutation"},
+    {"config", "results", "devices", "splits", "topology", "network", "permutation"},
     {"data", "models", "matching", "plan"},
     {"population", "checkpoint"},
     {"methods", "final_merge"},

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from .. import config as cfg
+from ..network import NO_FAULTS, Exchange, Faults
+from ..network import exchange as network_exchange
 from ..population import OPTIMIZERS, OptimizerSpec, Population
 from ..registry import ConfigError, Registry
 from ..topology import Topology
@@ -57,6 +59,7 @@ class MethodContext:
     topology: Topology
     options: MethodOptions
     seed: int
+    faults: Faults = NO_FAULTS  # lost messages and absent agents (network.py)
 
 
 # Where a round schedule puts its communicating rounds (docs/benchmark.md#communication-budgets).
@@ -170,7 +173,9 @@ class Method:
         self.topology = context.topology
         self.options = context.options
         self.seed = context.seed
+        self.faults = context.faults
         self.messages_sent = np.zeros(self.population.n_agents, dtype=np.int64)
+        self.messages_delivered = np.zeros(self.population.n_agents, dtype=np.int64)
         self.bytes_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.communicate_seconds = 0.0
         self.steps_done = 0  # lockstep minibatch steps over the whole run
@@ -256,11 +261,22 @@ class Method:
 
     # --- shared helpers -----------------------------------------------------------------------
 
-    def sent(self, messages: np.ndarray | int, elements: int) -> None:
-        """Record that agent i sent `messages[i]` messages of `elements` float32 numbers each."""
+    def sent(self, messages: np.ndarray | int, elements: int, delivered: np.ndarray | int | None = None) -> None:
+        """Record that agent i sent `messages[i]` messages of `elements` float32 numbers each, of which
+        `delivered[i]` arrived (all of them unless given)."""
         messages = np.broadcast_to(np.asarray(messages, dtype=np.int64), self.messages_sent.shape)
         self.messages_sent += messages
         self.bytes_sent += messages * elements * 4
+        self.messages_delivered += messages if delivered is None else np.asarray(delivered, dtype=np.int64)
+
+    def network_exchange(self, matrix: np.ndarray, t: int) -> Exchange:
+        """Exchange `t` over `matrix` under this cell's faults (network.exchange)."""
+        return network_exchange(matrix, t, self.faults)
+
+    @property
+    def perfect_network(self) -> bool:
+        """A static graph and no faults: every exchange is the same and complete (the fast path)."""
+        return not self.topology.time_varying and not self.faults.active
 
     @contextlib.contextmanager
     def communicating(self) -> Iterator[None]:

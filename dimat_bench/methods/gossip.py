@@ -1,7 +1,10 @@
 """Gossip methods (communication after every minibatch step, fused with it): SGP, CDSGD, CDMSGD.
 
 Every agent computes its gradient at its current model; then, in one synchronous step, all agents
-update and mix. Only trainable parameters are mixed; BatchNorm buffers stay local."""
+update and mix. Only trainable parameters are mixed; BatchNorm buffers stay local. Step s of the run
+is exchange t = s − 1 of the graph (a time-varying graph drawn for it); under faults the consensus
+methods mix over what arrived, row-normalised (`Exchange.received`), and SGP loses a lost message's
+share of both parameters and weight (`Exchange.pushed`)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import numpy as np
 import torch
 
 from .. import config as cfg
+from ..network import Exchange
+from ..registry import ConfigError
 from .base import LearningRateOptions, Method, out_degrees, register, round_train_stats
 
 
@@ -34,14 +39,41 @@ class GossipMethod(Method):
     family = "gossip"
     Options = GossipOptions
     extra_elements = 0  # numbers sent besides the parameters (SGP's push-sum weight)
+    # The consensus step x_i ← Σ_j Π_ij x_j keeps the agents' average only when Π's columns sum to 1 too.
+    needs_doubly_stochastic = False
 
     def __init__(self, context):
         super().__init__(context)
         population = self.population
+        self.check_graph()
         self.matrix = self.communication_matrix(self.topology.mixing_matrix)
-        self.mixing = torch.as_tensor(self.matrix, dtype=torch.float32, device=population.device)
+        self.use_matrix(self.matrix)
         self.elements = self.message_elements(population.models[0])
         self.messages_per_step = self.messages_per_exchange(self.topology.mixing_matrix, self.options)
+        self.exchanges_done = 0
+
+    def check_graph(self) -> None:
+        """A method that needs doubly stochastic mixing rejects a directed graph whose matrices are not
+        (the equal shares of a graph whose in- and out-degrees differ), naming the method and graph."""
+        if not (self.needs_doubly_stochastic and self.topology.directed):
+            return
+        for matrix in self.topology.period_matrices():
+            sums = matrix.sum(axis=0)
+            bad = np.flatnonzero(np.abs(sums - 1) > 1e-9)
+            if len(bad):
+                raise ConfigError("topology", self.topology.name,
+                                  f"a graph whose mixing matrix is doubly stochastic for method {self.name}",
+                                  f"{self.name} mixes x_i ← Σ_j Π_ij x_j, which keeps the agents' average only when "
+                                  f"every column of Π sums to 1; on this directed graph column {bad[0]} sums to "
+                                  f"{sums[bad[0]]:.4g}: run sgp (push-sum), which needs no such matrix")
+
+    def use_matrix(self, matrix: np.ndarray) -> None:
+        """The matrix the next step mixes with."""
+        self.mixing = torch.as_tensor(matrix, dtype=torch.float32, device=self.population.device)
+
+    def step_matrix(self, happened: Exchange) -> np.ndarray:
+        """The matrix of a step over what arrived: the consensus weights renormalised over it."""
+        return happened.received()
 
     @classmethod
     def communication_matrix(cls, mixing_matrix: np.ndarray) -> np.ndarray:
@@ -62,10 +94,16 @@ class GossipMethod(Method):
 
     def _update(self, step: int, active: list[int]) -> None:
         with self.communicating():
-            population = self.population
+            population, t = self.population, self.exchanges_done
+            self.exchanges_done += 1
+            sent = delivered = self.messages_per_step
+            if not self.perfect_network:  # this exchange's graph and what of it arrived
+                happened = self.network_exchange(self.communication_matrix(self.topology.at(t)), t)
+                self.use_matrix(self.step_matrix(happened))
+                sent, delivered = happened.sent_per_agent, happened.delivered_per_agent
             params, grads = population.flat_parameters(), population.flat_gradients()
             population.load_flat_parameters(self.step(params, grads, population.lr))
-            self.sent(self.messages_per_step, self.elements)
+            self.sent(sent, self.elements, delivered)
 
     def step(self, params: torch.Tensor, grads: torch.Tensor, lr: float) -> torch.Tensor:
         """New (N, P) parameters from the current ones and the gradients at them."""
@@ -81,6 +119,8 @@ def cdsgd_step(mixing: torch.Tensor, params: torch.Tensor, grads: torch.Tensor, 
 class CDSGD(GossipMethod):
     """Consensus-based distributed SGD (Jiang et al. 2017): x_i ← Σ_j Π_ij x_j − η g_i."""
 
+    needs_doubly_stochastic = True
+
     def step(self, params, grads, lr):
         return cdsgd_step(self.mixing, params, grads, lr)
 
@@ -90,6 +130,7 @@ class CDMSGD(GossipMethod):
     """CDSGD with Nesterov momentum μ: m ← μ m + g; x_i ← Σ_j Π_ij x_j − η (g + μ m)."""
 
     Options = MomentumGossipOptions
+    needs_doubly_stochastic = True
 
     def __init__(self, context):
         super().__init__(context)
@@ -117,7 +158,15 @@ class SGP(GossipMethod):
         super().__init__(context)
         device = self.population.device
         self.weights = torch.ones(self.population.n_agents, 1, dtype=torch.float64, device=device)
-        self.push = torch.as_tensor(self.matrix, dtype=torch.float64, device=device)
+
+    def use_matrix(self, matrix):
+        super().use_matrix(matrix)
+        self.push = torch.as_tensor(matrix, dtype=torch.float64, device=self.population.device)
+
+    def step_matrix(self, happened):
+        """Push-sum over what arrived: a lost message loses its share of x and of w alike, so z = x / w
+        stays the ratio of what each agent holds; an absent agent keeps its whole mass."""
+        return happened.pushed(happened.matrix)
 
     @classmethod
     def communication_matrix(cls, matrix):

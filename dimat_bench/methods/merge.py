@@ -20,6 +20,7 @@ from ..matching import (
 )
 from ..permutation import FeatureExtractor, permutation_spec
 from ..population import derive_seed
+from ..registry import ConfigError
 from ..topology import neighbours as graph_neighbours
 from .base import PLACEMENTS, Method, MethodOptions, Schedule, out_degrees, register
 
@@ -97,6 +98,11 @@ class MergeMethod(Method):
         super().__init__(context)
         self.elements = self.message_elements(self.population.models[0])
         self.match_batch_size = inference_batch_size(self.population.device)
+        if self.faults.active and merges_once(self.topology.mixing_matrix, self.options):
+            key = "drop_rate" if self.faults.drop_rate > 0 else "absent_rate"
+            raise ConfigError(key, getattr(self.faults, key),
+                              f"0 for {self.name} on {self.topology.name} with fc_merge_once (the authors' shortcut, "
+                              "agent 0 merging for everyone, has no fault model)", "set fc_merge_once false")
 
     @classmethod
     def schedule(cls, options):
@@ -164,12 +170,21 @@ class MergeMethod(Method):
             yield images
 
     def communicate(self, round_index: int) -> None:
+        """Round `round_index`'s merge: exchange t = round_index − 1 of the graph (a time-varying one
+        drawn for it). Under faults each agent merges what it received, the weights renormalised over
+        its own and the models that arrived (`Exchange.received`)."""
         with self.communicating():
-            population, matrix = self.population, self.topology.mixing_matrix
+            population, graph = self.population, self.topology.at(round_index - 1)
+            if self.faults.active:
+                happened = self.network_exchange(graph, round_index - 1)
+                matrix, sent, delivered = happened.received(), happened.sent_per_agent, happened.delivered_per_agent
+            else:
+                matrix = graph
+                sent = delivered = self.messages_per_exchange(graph, self.options)
             states = population.state_dicts()
             merge_once = merges_once(matrix, self.options)
-            # an isolated agent keeps its model as it is
-            neighbourhoods = {i: [int(j) for j in self.topology.neighbours(i)]
+            # an isolated agent (or one that received nothing) keeps its model as it is
+            neighbourhoods = {i: [int(j) for j in graph_neighbours(matrix, i)]
                               for i in self.merging_agents(matrix, self.options)}
             aligned = self.align_all(neighbourhoods, states, round_index)
             merged = {}
@@ -180,7 +195,7 @@ class MergeMethod(Method):
                 population.load_state_dicts([merged[0]] * population.n_agents)
             else:
                 population.load_state_dicts([merged.get(i, states[i]) for i in range(population.n_agents)])
-            self.sent(self.messages_per_exchange(matrix, self.options), self.elements)
+            self.sent(sent, self.elements, delivered)
             if self.options.bn_reset:
                 for i, model in enumerate(population.models):
                     if i not in merged and not merge_once:
