@@ -428,6 +428,9 @@ MUTANTS: list[Mutant] = [
     Mutant("cdsgd: a directed graph that is not doubly stochastic accepted", "dimat_bench/methods/gossip.py",
            "        if not (self.needs_doubly_stochastic and self.topology.directed):",
            "        if True:", (DOUBLY,)),
+    Mutant("networks: a method that reads only the static graph runs on a changing or faulty one", BASE_PY,
+           "        if not self.perfect_network and not self.supports_networks:",
+           "        if False:", (NETWORK + "test_a_method_that_reads_only_the_static_graph_is_stopped_on_a_changing_or_faulty_network",)),
 ]
 
 

@@ -366,3 +366,23 @@ def test_the_run_command_takes_a_time_varying_graph_with_faults_and_records_them
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: topology: got 'edges'; allowed: a graph whose mixing matrix is doubly stochastic "
                           "for method cdsgd") and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_method_that_reads_only_the_static_graph_is_stopped_on_a_changing_or_faulty_network(cifar10):
+    """A method that communicates on its own (docs/adding-a-method.md's pairwise gossip) and does not
+    declare `supports_networks` would ignore the drawn graphs and the faults: it stops, naming itself."""
+    from dimat_bench.methods import MethodContext
+    from dimat_bench.methods.base import Method
+
+    class OwnWay(Method):
+        name, family = "own_way", "merge"
+
+    population, _ = make_population(cifar10, n_agents=4, batch_size=5, train_index=range(80))
+    options = OwnWay.build_options()
+    OwnWay(MethodContext(population, create_topology("ring", 4), options, 0))  # the perfect network: fine
+    for topology, faults, named in ((create_topology("random_matching", 4), Faults(), "topology: got 'random_matching'"),
+                                    (create_topology("ring", 4), Faults(0.0, 0.2), "absent_rate: got 0.2")):
+        with pytest.raises(ConfigError, match=f"{named}; allowed: a static graph without faults for method own_way"):
+            OwnWay(MethodContext(population, topology, options, 0, faults))
+    for name in ("wa", "sgp", "local"):  # the families handle both
+        method_for(name, population, create_topology("random_matching", 4), faults=Faults(0.3, 0.1))

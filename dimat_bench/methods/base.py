@@ -167,6 +167,9 @@ class Method:
     # The pretraining a cell of the method starts from: the N agents', or one model on the union of
     # their shards (`union`: the centralized ceiling; the planner gives such cells `union: true`).
     pretraining: ClassVar[str] = "agents"
+    # Whether the method reads each exchange's graph (`topology.at(t)`) and what of it arrived
+    # (`network_exchange`): without it, a time-varying graph or faults stop the cell before any compute.
+    supports_networks: ClassVar[bool] = False
 
     def __init__(self, context: MethodContext):
         self.population = context.population
@@ -179,6 +182,13 @@ class Method:
         self.bytes_sent = np.zeros(self.population.n_agents, dtype=np.int64)
         self.communicate_seconds = 0.0
         self.steps_done = 0  # lockstep minibatch steps over the whole run
+        if not self.perfect_network and not self.supports_networks:
+            key, value = (("topology", self.topology.name) if self.topology.time_varying
+                          else ("drop_rate", self.faults.drop_rate) if self.faults.drop_rate else
+                          ("absent_rate", self.faults.absent_rate))
+            raise ConfigError(key, value, f"a static graph without faults for method {self.name or type(self).__name__}",
+                              "it does not say what it does on a time-varying graph or with lost messages "
+                              "(supports_networks; docs/adding-a-method.md)")
 
     @classmethod
     def option_keys(cls) -> list[str]:

@@ -38,6 +38,7 @@ class MomentumGossipOptions(GossipOptions):
 class GossipMethod(Method):
     family = "gossip"
     Options = GossipOptions
+    supports_networks = True
     extra_elements = 0  # numbers sent besides the parameters (SGP's push-sum weight)
     # The consensus step x_i ← Σ_j Π_ij x_j keeps the agents' average only when Π's columns sum to 1 too.
     needs_doubly_stochastic = False

@@ -12,6 +12,7 @@ class Local(Method):
     round), so it is DIMAT with the merge taken out."""
 
     family = "local"
+    supports_networks = True  # it never communicates: the network changes nothing
 
 
 @register("centralized")

@@ -93,6 +93,7 @@ class MergeMethod(Method):
 
     family = "merge"
     Options = MergeOptions
+    supports_networks = True
 
     def __init__(self, context):
         super().__init__(context)
