@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Mapping
 
 import pandas as pd
 
-from .plan import CELL_KEYS, union_pretraining
+from .plan import CELL_KEYS, network_label, union_pretraining
 from .results import CELL_METRIC_COLUMNS
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
@@ -46,7 +46,8 @@ def cell_settings(meta: dict) -> dict:
     seed differs from it when seeds share one pretraining)."""
     pre, run = meta["pretrained"]["config"], meta["config"]
     return {"dataset": pre["dataset"], "model": pre["model"], "width": pre["width"], "agents": pre["agents"],
-            "split": pre["split"], "topology": run["topology"], "method": run["method"], "seed": run["seed"],
+            "split": pre["split"], "method": run["method"], "seed": run["seed"],
+            "topology": network_label(run["topology"], run.get("drop_rate", 0.0), run.get("absent_rate", 0.0)),
             "pretrain_seed": pre["seed"], "epochs_per_round": run["epochs_per_round"]}
 
 
@@ -77,7 +78,8 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
             if cell is None:
                 raise ValueError(f"{directory}: a {status} cell; pass the grid's cells to name its settings")
             detail = "no output" if meta is None else meta.get("error", "")
-            rows.append({k: cell[k] for k in CELL_KEYS} | {"status": status, "detail": detail, "path": str(directory)})
+            rows.append({k: cell[k] for k in CELL_KEYS} | {"status": status, "detail": detail, "path": str(directory),
+                                                            "spectral_gap": float("nan")})
             continue
         settings = {k: cell_settings(meta)[k] for k in CELL_KEYS}
         if cell is not None and any(str(settings[k]) != str(cell[k]) for k in CELL_KEYS):
@@ -86,8 +88,10 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
         diverged = meta.get("diverged")
         detail = (f"diverged in round {diverged['round']} ({diverged['phase']}), agents {diverged['agents']}"
                   if diverged else "")
-        rows.append(settings | {"status": status, "detail": detail, "path": str(directory)})
-    return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path"])
+        gap = (meta.get("topology") or {}).get("spectral_gap")  # 1 − |λ₂| (a time-varying graph: expected)
+        rows.append(settings | {"status": status, "detail": detail, "path": str(directory),
+                                "spectral_gap": float("nan") if gap is None else float(gap)})
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path", "spectral_gap"])
 
 
 def check_fingerprint(seen: dict, dataset: str, meta: dict, directory: Path) -> None:
@@ -194,7 +198,8 @@ def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) ->
     final = final.reset_index()
     if status is None:
         return final.assign(status="complete", detail="")
-    keyed = status[CELL_KEYS + ["status", "detail"]].astype({k: str for k in CELL_KEYS})
+    keyed = status[CELL_KEYS + ["status", "detail"] + [c for c in ["spectral_gap"] if c in status]]
+    keyed = keyed.astype({k: str for k in CELL_KEYS})
     final = keyed.merge(final.astype({k: str for k in CELL_KEYS}), on=CELL_KEYS, how="left")
     final = final.astype({k: metrics[k].dtype for k in CELL_KEYS if k in metrics})
     final.loc[final["status"] != "complete", [f"{point}_acc" for point in [*POINTS, *FINAL_MERGES]]] = float("nan")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import agent_means, curves, setting_label
-from .plan import SETTING_KEYS, union_pretraining
+from .plan import SETTING_KEYS, parse_network, union_pretraining
 from .results import atomic_path, write_json
 
 
@@ -128,6 +128,67 @@ def merge_penalty_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]
         label = setting_label(dict(zip(keys, setting)) | {"width": "w"})
         fig.suptitle(f"merge penalty against width: {label}", fontsize=9)
         written += save(fig, Path(out_dir) / ("merge_penalty_" + "_".join(str(v) for v in setting)))
+        plt.close(fig)
+    return written
+
+
+def _method_lines(ax, frame: pd.DataFrame, x: str, y: str = "paper_acc") -> None:
+    """One line per method: `y` (%) against `x`, mean ± std over seeds at each x."""
+    for method, per_method in frame.groupby("method", sort=True):
+        by_x = (100 * per_method[y]).groupby(per_method[x])
+        mean, std = by_x.mean(), by_x.std(ddof=1).fillna(0.0)
+        (line,) = ax.plot(mean.index, mean.values, marker="o", label=method)
+        ax.errorbar(mean.index, mean.values, yerr=std.values, fmt="none", ecolor=line.get_color(), capsize=3)
+    ax.set_ylabel("final test accuracy (%), paper's point")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def robustness_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Where the grid runs one graph at several drop rates (its rows' `drop_rate`): final accuracy at
+    the paper's point against the drop rate, one line per method (mean ± std over seeds), per setting
+    and absent rate."""
+    plt = _pyplot()
+    frame = final.dropna(subset=["paper_acc"])
+    network = pd.DataFrame([parse_network(t) for t in frame["topology"]], index=frame.index)
+    frame = frame.assign(graph=network["topology"], drop_rate=network.get("drop_rate", 0.0),
+                         absent_rate=network.get("absent_rate", 0.0)).fillna({"drop_rate": 0.0, "absent_rate": 0.0})
+    keys = [k for k in SETTING_KEYS if k != "topology"] + ["graph", "absent_rate"]
+    written = []
+    for setting, group in frame.groupby(keys, sort=True):
+        if group["drop_rate"].nunique() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        _method_lines(ax, group, "drop_rate")
+        ax.set_xlabel("drop rate (each message lost with this probability)")
+        named = dict(zip(keys, setting))
+        label = setting_label(named | {"topology": named["graph"]})
+        ax.set_title(f"accuracy against lost messages: {label}"
+                     + (f", {named['absent_rate']:g} absent" if named["absent_rate"] else ""), fontsize=9)
+        written += save(fig, Path(out_dir) / ("robustness_" + "_".join(str(v) for v in setting)))
+        plt.close(fig)
+    return written
+
+
+def spectral_gap_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Where one setting runs on graphs of several spectral gaps (1 − |λ₂| of the mixing matrix; a
+    time-varying graph's expected matrix's), final accuracy at the paper's point against the gap, one
+    line per method (mean ± std over the seeds of each graph)."""
+    if "spectral_gap" not in final:
+        return []
+    plt = _pyplot()
+    frame = final.dropna(subset=["paper_acc", "spectral_gap"]).assign(spectral_gap=lambda f: f["spectral_gap"].round(6))
+    keys = [k for k in SETTING_KEYS if k != "topology"]
+    written = []
+    for setting, group in frame.groupby(keys, sort=True):
+        if group["spectral_gap"].nunique() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        _method_lines(ax, group, "spectral_gap")
+        ax.set_xlabel("spectral gap 1 − |λ₂| of the mixing matrix")
+        label = setting_label(dict(zip(keys, setting)) | {"topology": "graphs"})
+        ax.set_title(f"accuracy against the spectral gap: {label}", fontsize=9)
+        written += save(fig, Path(out_dir) / ("spectral_gap_" + "_".join(str(v) for v in setting)))
         plt.close(fig)
     return written
 

@@ -34,7 +34,8 @@ from .topology import GRAPHS, create_topology
 def cell_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> CellConfig:
     """The engine's resolved config of one cell (its pretraining directory left as a placeholder)."""
     return CellConfig.from_mapping({**run_options(config, cell["method"]), "pretrained": "-",
-                                    "method": cell["method"], "topology": cell["topology"], "seed": cell["seed"]})
+                                    "method": cell["method"], **planner.parse_network(cell["topology"]),
+                                    "seed": cell["seed"]})
 
 
 def pretrain_config(config: Mapping[str, Any], cell: Mapping[str, Any]) -> PretrainConfig:

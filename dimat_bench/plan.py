@@ -33,7 +33,10 @@ PRETRAIN_KEYS = ["dataset", "model", "width", "agents", "split", "seed"]
 # top level: a shared `pretrain:` or `run:` block that set one would override them on the job's
 # command line while the plan believed the cell's own value.
 JOB_KEYS = {"pretrain": PRETRAIN_KEYS + ["union", "data_dir"],
-            "run": ["method", "topology", "seed", "pretrained", "data_dir"]}
+            "run": ["method", "topology", "seed", "pretrained", "data_dir", "drop_rate", "absent_rate"]}
+# A row's faults (docs/benchmark.md#networks-as-they-are) are part of its cells' `topology` column:
+# `ring-drop0.3-absent0.1` is the ring with 30 % of messages lost and 10 % of agents absent.
+FAULT_TAGS = {"drop_rate": "drop", "absent_rate": "absent"}
 CATALOGUE_FILE = Path(__file__).with_name("catalogue.json")
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 ROOT = Path(__file__).resolve().parent.parent  # a checkout: Snakefile, config/, workflow/
@@ -58,11 +61,46 @@ def as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def rate_text(rate: float) -> str:
+    """0.3 -> "0.3", 1 -> "1", 1e-05 -> "0.00001" (no exponent: "-" separates a label's parts)."""
+    return format(float(rate), ".10f").rstrip("0").rstrip(".")
+
+
+def network_label(topology: str, drop_rate: float = 0.0, absent_rate: float = 0.0) -> str:
+    """A cell's `topology` column: the graph, then its faults where there are any."""
+    rates = {"drop_rate": drop_rate, "absent_rate": absent_rate}
+    return "-".join([topology] + [f"{tag}{rate_text(rates[key])}" for key, tag in FAULT_TAGS.items() if rates[key]])
+
+
+def parse_network(label: str) -> dict:
+    """A `topology` column back into the run keys it stands for: `ring-drop0.3` -> {topology: ring,
+    drop_rate: 0.3} (rates not named are 0)."""
+    topology, *parts = str(label).split("-")
+    keys = {"topology": topology}
+    for part in parts:
+        key = next((k for k, tag in FAULT_TAGS.items() if part.startswith(tag)), None)
+        try:
+            keys[key] = float(part[len(FAULT_TAGS[key]):]) if key else None
+        except ValueError:
+            key = None
+        if key is None or keys[key] is None:
+            raise ConfigError("topology", label, "a graph name, then -drop<rate> and/or -absent<rate>, e.g. ring-drop0.3")
+    return keys
+
+
+def row_topologies(row: Mapping[str, Any]) -> list[str]:
+    """A row's `topology` column values: each graph at each of its drop and absent rates."""
+    return [network_label(t, d, a) for t in as_list(row["topology"]) for d in as_list(row.get("drop_rate", 0.0))
+            for a in as_list(row.get("absent_rate", 0.0))]
+
+
 def expand_grid(config: Mapping[str, Any]) -> list[dict]:
-    """One dict per cell (CELL_KEYS), rows in order, each the product of its lists, duplicates once."""
+    """One dict per cell (CELL_KEYS), rows in order, each the product of its lists (a row's faults
+    folded into its topologies: `row_topologies`), duplicates once."""
     cells, seen = [], set()
     for row in config["grid"]:
-        for setting in itertools.product(*(as_list(row[key]) for key in SETTING_KEYS)):
+        axes = [row_topologies(row) if key == "topology" else as_list(row[key]) for key in SETTING_KEYS]
+        for setting in itertools.product(*axes):
             for method, seed in itertools.product(row["methods"], row["seeds"]):
                 cell = dict(zip(SETTING_KEYS, setting)) | {"method": method, "seed": seed}
                 if tuple(cell.values()) not in seen:
@@ -151,8 +189,9 @@ def check_config(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) 
              "topology": known["topologies"]}
     for cell in cells:
         for key, allowed in names.items():
-            if cell[key] not in allowed:
-                raise ConfigError(key, cell[key], ", ".join(allowed), did_you_mean(cell[key], allowed))
+            value = parse_network(cell[key])["topology"] if key == "topology" else cell[key]
+            if value not in allowed:
+                raise ConfigError(key, value, ", ".join(allowed), did_you_mean(value, allowed))
     for topology in (config.get("communication") or {}).get("topologies", []):
         if topology not in names["topology"]:
             raise ConfigError("communication.topologies", topology, ", ".join(names["topology"]),

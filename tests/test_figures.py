@@ -132,3 +132,37 @@ def test_the_pretrained_line_is_the_agents_start_not_the_centralized_models(capt
     initial = 100 * metrics[metrics["phase"] == "initial"]["test_acc"].mean()
     np.testing.assert_allclose(lines(fig)["pretrained"].get_ydata(), [initial, initial], rtol=1e-12)
     assert lines(fig)["centralized"].get_ydata()[0] == pytest.approx(99.0)
+
+
+def synthetic_final(topologies: dict) -> pd.DataFrame:
+    """A final.csv: topology label -> (spectral gap, {method: per-seed accuracies})."""
+    rows = []
+    for topology, (gap, by_method) in topologies.items():
+        for method, accs in by_method.items():
+            rows += [{**SETTING, "agents": 5, "topology": topology, "method": method, "seed": s, "paper_acc": a,
+                      "spectral_gap": gap} for s, a in enumerate(accs)]
+    return pd.DataFrame(rows)
+
+
+def test_the_robustness_figure_draws_each_methods_mean_over_seeds_against_the_drop_rate(captured, tmp_path):
+    final = synthetic_final({"ring": (0.46, {"wa": [0.30, 0.32], "sgp": [0.20, 0.22]}),
+                             "ring-drop0.3": (0.46, {"wa": [0.25, 0.27], "sgp": [0.10, 0.14]}),
+                             "ring-drop0.5": (0.46, {"wa": [0.20, 0.20], "sgp": [0.05, 0.07]}),
+                             "fc": (1.0, {"wa": [0.4, 0.4], "sgp": [0.3, 0.3]})})
+    written = figures.robustness_figure(final, tmp_path)
+    assert [p.name for p in written] == ["robustness_cifar10_resnet20_1_5_iid_ring_0.0"]  # fc runs one rate: none
+    [fig] = captured.values()
+    drawn = lines(fig)
+    np.testing.assert_allclose(drawn["wa"].get_xdata(), [0, 0.3, 0.5])
+    np.testing.assert_allclose(drawn["wa"].get_ydata(), [31, 26, 20], rtol=1e-12)
+    np.testing.assert_allclose(drawn["sgp"].get_ydata(), [21, 12, 6], rtol=1e-12)
+
+
+def test_the_spectral_gap_figure_puts_each_graph_at_its_gap(captured, tmp_path):
+    final = synthetic_final({"ring": (0.4609, {"dimat": [0.30, 0.34]}), "fc": (1.0, {"dimat": [0.40, 0.42]}),
+                             "one_peer_exponential": (0.5, {"dimat": [0.36, 0.36]})})
+    figures.spectral_gap_figure(final, tmp_path)
+    [fig] = captured.values()
+    drawn = lines(fig)
+    np.testing.assert_allclose(drawn["dimat"].get_xdata(), [0.4609, 0.5, 1.0])
+    np.testing.assert_allclose(drawn["dimat"].get_ydata(), [32, 36, 41], rtol=1e-12)

@@ -386,3 +386,16 @@ def test_a_method_that_reads_only_the_static_graph_is_stopped_on_a_changing_or_f
             OwnWay(MethodContext(population, topology, options, 0, faults))
     for name in ("wa", "sgp", "local"):  # the families handle both
         method_for(name, population, create_topology("random_matching", 4), faults=Faults(0.3, 0.1))
+
+
+def test_a_cells_topology_column_names_its_faults_as_the_plan_does():
+    """aggregate reads a cell's faults from its meta.json into the same label the plan gave its path."""
+    from dimat_bench.aggregate import cell_settings
+
+    meta = {"pretrained": {"config": {"dataset": "cifar10", "model": "resnet20", "width": 1, "agents": 5,
+                                      "split": "iid", "seed": 0}},
+            "config": {"topology": "ring", "method": "wa", "seed": 1, "epochs_per_round": 1, "drop_rate": 0.3,
+                       "absent_rate": 0.0}}
+    assert cell_settings(meta)["topology"] == "ring-drop0.3"
+    del meta["config"]["drop_rate"], meta["config"]["absent_rate"]  # a cell run before faults existed
+    assert cell_settings(meta)["topology"] == "ring"

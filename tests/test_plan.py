@@ -50,7 +50,7 @@ def test_snakemake_plans_the_paper_grid_where_torch_cannot_be_imported():
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout + result.stderr, re.M))
     assert {k: counts.get(k) for k in ("preflight", "data", "pretrain", "cell", "total")} == \
-        {"preflight": "1", "data": "3", "pretrain": "12", "cell": "630", "total": "651"}, counts
+        {"preflight": "1", "data": "3", "pretrain": "12", "cell": "730", "total": "751"}, counts
     lint = snakemake_without_torch("--lint")
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout[-2000:]
 
@@ -126,9 +126,9 @@ def test_the_preflight_stops_the_paper_grid_on_a_host_without_a_gpu_and_names_th
     stopped = preflight.check(paper_config(), gpus=0, cores=2)
     assert not stopped.ok and stopped.message.startswith("preflight: stopped before any engine job")
     assert "GPU-scale" in stopped.message and "make quick" in stopped.message and "config/cpu.yaml" in stopped.message
-    assert "confirm_cost=true" in stopped.message and "642 engine jobs" in stopped.message
-    # the estimate's 356 H100-hours (docs/results.md, with the budget row); decades at CPU_FLOPS on 2 cores
-    assert round(stopped.gpu_hours) == 356 and stopped.cpu_hours > 10 * 24 * 365
+    assert "confirm_cost=true" in stopped.message and "742 engine jobs" in stopped.message
+    # the estimate's 385 H100-hours (docs/results.md, with the budget and robustness rows); decades at CPU_FLOPS on 2 cores
+    assert round(stopped.gpu_hours) == 385 and stopped.cpu_hours > 10 * 24 * 365
     assert preflight.check(paper_config() | {"confirm_cost": "true"}, gpus=0, cores=2).ok
     assert preflight.check(paper_config() | {"confirm_cost": True}, gpus=0, cores=2).ok
     assert not preflight.check(paper_config() | {"confirm_cost": "false"}, gpus=0, cores=2).ok
@@ -191,3 +191,31 @@ def test_snakemake_on_a_cpu_host_stops_the_paper_grid_before_any_engine_job(tmp_
                                text=True, timeout=600)
     assert confirmed.returncode == 0, (confirmed.stdout + confirmed.stderr)[-3000:]
     assert json.loads(open(target).read())["cache"]["train_images"] == 500
+
+
+def test_a_rows_faults_are_part_of_its_topology_column_and_reach_the_engine_as_flags(tmp_path):
+    """`drop_rate` and `absent_rate` in a grid row: every graph at every rate, each a cell whose
+    topology reads ring-drop0.3; the engine gets --topology ring --drop-rate 0.3; a shared `run:` may
+    not set them (two cells would share a column); snakemake plans the commands without torch."""
+    config = yaml.safe_load((ROOT / "tests" / "pipeline.yaml").read_text())
+    config["grid"] = [{**config["grid"][0], "topology": ["ring", "one_peer_exponential"], "drop_rate": [0, 0.3],
+                       "absent_rate": 0.1, "methods": ["wa"], "seeds": [0]}]
+    cells = plan.expand_grid(config)
+    assert [c["topology"] for c in cells] == ["ring-absent0.1", "ring-drop0.3-absent0.1",
+                                              "one_peer_exponential-absent0.1", "one_peer_exponential-drop0.3-absent0.1"]
+    assert plan.parse_network("ring-drop0.3-absent0.1") == {"topology": "ring", "drop_rate": 0.3, "absent_rate": 0.1}
+    assert plan.network_label("ring", 0.00001) == "ring-drop0.00001" and plan.network_label("fc") == "fc"
+    assert plan.flags(plan.parse_network(cells[1]["topology"])) == "--topology ring --drop-rate 0.3 --absent-rate 0.1"
+    built = grid.cell_config(config, cells[3]).run
+    assert (built.topology, built.drop_rate, built.absent_rate) == ("one_peer_exponential", 0.3, 0.1)
+    with pytest.raises(ConfigError, match="topology: got 'ring-loss0.3'; allowed: a graph name, then -drop"):
+        plan.parse_network("ring-loss0.3")
+    with pytest.raises(ConfigError, match="run.drop_rate: got 0.2; allowed: nothing: a grid row's `drop_rate` sets it"):
+        plan.check_config({**config, "run": {**config["run"], "drop_rate": 0.2}}, cells)
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump({**config, "results_dir": str(tmp_path / "results")}))
+    result = snakemake_without_torch("-n", "-p", "--cores", "2", "--configfile", str(path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "--topology one_peer_exponential --drop-rate 0.3 --absent-rate 0.1 --seed 0" in out
+    assert "/seed0/ring-drop0.3-absent0.1/wa" in out

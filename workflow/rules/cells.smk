@@ -10,6 +10,7 @@ rule cell:
         f"{CELL_DIR}.benchmark.tsv"
     params:
         flags=lambda wildcards: plan.flags(plan.run_options(config, wildcards.method)),
+        network=lambda wildcards: plan.flags(plan.parse_network(wildcards.topology)),
         data_dir=data_dir,
         gpu_slots=gpu_slots,
     threads: 1
@@ -19,5 +20,5 @@ rule cell:
         "../envs/engine.yaml"
     shell:
         "OMP_NUM_THREADS={threads} DIMAT_BENCH_GPU_SLOTS={params.gpu_slots} python -m dimat_bench run --pretrained {input} --method {wildcards.method} "
-        "--topology {wildcards.topology} --seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} "
+        "{params.network} --seed {wildcards.seed} --data-dir {params.data_dir:q} {params.flags} "
         "--out {output} --quiet --record-failure > {log} 2>&1"

@@ -26,7 +26,7 @@ wildcard_constraints:
     agents="[0-9]+",
     split="[a-z]+",
     seed="[0-9]+",
-    topology="[a-z_]+",
+    topology="[a-z_]+(-(drop|absent)[0-9.]+)*",
     method="[a-z0-9_]+",
 
 
