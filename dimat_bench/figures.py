@@ -150,6 +150,8 @@ def robustness_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     and absent rate."""
     plt = _pyplot()
     frame = final.dropna(subset=["paper_acc"])
+    if frame.empty:  # every cell failed or diverged: nothing to draw (the tables list them)
+        return []
     network = pd.DataFrame([parse_network(t) for t in frame["topology"]], index=frame.index)
     frame = frame.assign(graph=network["topology"], drop_rate=network.get("drop_rate", 0.0),
                          absent_rate=network.get("absent_rate", 0.0)).fillna({"drop_rate": 0.0, "absent_rate": 0.0})

@@ -166,3 +166,9 @@ def test_the_spectral_gap_figure_puts_each_graph_at_its_gap(captured, tmp_path):
     drawn = lines(fig)
     np.testing.assert_allclose(drawn["dimat"].get_xdata(), [0.4609, 0.5, 1.0])
     np.testing.assert_allclose(drawn["dimat"].get_ydata(), [32, 36, 41], rtol=1e-12)
+
+
+def test_the_network_figures_draw_nothing_where_no_cell_completed(captured, tmp_path):
+    final = synthetic_final({"ring": (0.46, {"wa": [0.3]}), "ring-drop0.3": (0.46, {"wa": [0.2]})})
+    final["paper_acc"] = float("nan")  # every cell failed or diverged
+    assert figures.robustness_figure(final, tmp_path) == [] and figures.spectral_gap_figure(final, tmp_path) == []
