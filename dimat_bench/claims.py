@@ -141,11 +141,20 @@ def higher_final(claim: dict, results: Mapping[str, pd.DataFrame], references: d
     if measure not in MEASURES:
         raise ValueError(f"claim {claim['id']}: measure {measure!r}; allowed: {', '.join(MEASURES)}")
     column = f"{measure}_acc"
-    if column not in results["final"]:  # a grid run without the final merge (final_merge: false)
+    if column not in results["final"]:  # a table from before the column existed: nothing to judge
         return []
     final = results["final"].assign(final_pct=100 * results["final"][column])
-    return [against_baselines(claim, s, final, "final_pct", MEASURES[measure])
-            for s in settings(final, claim.get("where", {}))]
+    rows = []
+    for setting in settings(final, claim.get("where", {})):
+        cells = final[functools.reduce(operator.and_, (final[k] == v for k, v in setting.items()))]
+        ran = cells[cells["method"].isin([claim["method"], *claim["baselines"]])
+                    & (cells["status"] == "complete" if "status" in cells else True)]
+        if measure.startswith("final_merge") and len(ran) and ran[column].isna().all():  # not "diverged or failed"
+            rows.append({"setting": setting_label(setting), "ours": "–", "reference": "unknown", "verdict": "not run",
+                         "reason": "its cells ran without the final merge (final_merge: false)"})
+            continue
+        rows.append(against_baselines(claim, setting, final, "final_pct", MEASURES[measure]))
+    return rows
 
 
 def larger_early_gain(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:

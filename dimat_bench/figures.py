@@ -148,7 +148,6 @@ def robustness_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Where the grid runs one graph at several drop rates (its rows' `drop_rate`): final accuracy at
     the paper's point against the drop rate, one line per method (mean ± std over seeds), per setting
     and absent rate."""
-    plt = _pyplot()
     frame = final.dropna(subset=["paper_acc"])
     if frame.empty:  # every cell failed or diverged: nothing to draw (the tables list them)
         return []
@@ -156,20 +155,13 @@ def robustness_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     frame = frame.assign(graph=network["topology"], drop_rate=network.get("drop_rate", 0.0),
                          absent_rate=network.get("absent_rate", 0.0)).fillna({"drop_rate": 0.0, "absent_rate": 0.0})
     keys = [k for k in SETTING_KEYS if k != "topology"] + ["graph", "absent_rate"]
-    written = []
-    for setting, group in frame.groupby(keys, sort=True):
-        if group["drop_rate"].nunique() < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        _method_lines(ax, group, "drop_rate")
-        ax.set_xlabel("drop rate (each message lost with this probability)")
-        named = dict(zip(keys, setting))
-        label = setting_label(named | {"topology": named["graph"]})
-        ax.set_title(f"accuracy against lost messages: {label}"
-                     + (f", {named['absent_rate']:g} absent" if named["absent_rate"] else ""), fontsize=9)
-        written += save(fig, Path(out_dir) / ("robustness_" + "_".join(str(v) for v in setting)))
-        plt.close(fig)
-    return written
+
+    def title(named: dict) -> str:
+        absent = f", {named['absent_rate']:g} absent" if named["absent_rate"] else ""
+        return f"accuracy against lost messages: {setting_label(named | {'topology': named['graph']})}{absent}"
+
+    return _accuracy_against(frame, keys, "drop_rate", "drop rate (each message lost with this probability)",
+                             title, Path(out_dir) / "robustness")
 
 
 def spectral_gap_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
@@ -178,19 +170,28 @@ def spectral_gap_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     line per method (mean ± std over the seeds of each graph)."""
     if "spectral_gap" not in final:
         return []
-    plt = _pyplot()
     frame = final.dropna(subset=["paper_acc", "spectral_gap"]).assign(spectral_gap=lambda f: f["spectral_gap"].round(6))
     keys = [k for k in SETTING_KEYS if k != "topology"]
+    def title(named: dict) -> str:
+        return f"accuracy against the spectral gap: {setting_label(named | {'topology': 'graphs'})}"
+
+    return _accuracy_against(frame, keys, "spectral_gap", "spectral gap 1 − |λ₂| of the mixing matrix", title,
+                             Path(out_dir) / "spectral_gap")
+
+
+def _accuracy_against(frame: pd.DataFrame, keys: list[str], x: str, xlabel: str, title, prefix: Path) -> list[Path]:
+    """One figure per group of `keys` whose cells take at least two values of `x`: final accuracy at
+    the paper's point against `x` (`_method_lines`), saved as `prefix`_<group values>."""
+    plt = _pyplot()
     written = []
     for setting, group in frame.groupby(keys, sort=True):
-        if group["spectral_gap"].nunique() < 2:
+        if group[x].nunique() < 2:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        _method_lines(ax, group, "spectral_gap")
-        ax.set_xlabel("spectral gap 1 − |λ₂| of the mixing matrix")
-        label = setting_label(dict(zip(keys, setting)) | {"topology": "graphs"})
-        ax.set_title(f"accuracy against the spectral gap: {label}", fontsize=9)
-        written += save(fig, Path(out_dir) / ("spectral_gap_" + "_".join(str(v) for v in setting)))
+        _method_lines(ax, group, x)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title(dict(zip(keys, setting))), fontsize=9)
+        written += save(fig, prefix.with_name(prefix.name + "_" + "_".join(str(v) for v in setting)))
         plt.close(fig)
     return written
 

@@ -75,11 +75,6 @@ class Exchange:
         """Messages of each agent that arrived."""
         return self.delivered.sum(axis=0)
 
-    @property
-    def complete(self) -> bool:
-        return bool((self.sent == self.delivered).all()) and not self.absent.any() and \
-            bool((self.sent == off_diagonal_support(self.matrix)).all())
-
     def received(self) -> np.ndarray:
         """The mixing matrix over what arrived: row i keeps Π_ii and the Π_ij whose message arrived,
         rescaled to sum to 1. A row that lost nothing is the graph's, bit for bit; an agent that

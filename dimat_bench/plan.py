@@ -79,12 +79,10 @@ def parse_network(label: str) -> dict:
     keys = {"topology": topology}
     for part in parts:
         key = next((k for k, tag in FAULT_TAGS.items() if part.startswith(tag)), None)
-        try:
-            keys[key] = float(part[len(FAULT_TAGS[key]):]) if key else None
-        except ValueError:
-            key = None
-        if key is None or keys[key] is None:
+        rate = part[len(FAULT_TAGS[key]):] if key else ""
+        if not rate.replace(".", "", 1).isdigit():
             raise ConfigError("topology", label, "a graph name, then -drop<rate> and/or -absent<rate>, e.g. ring-drop0.3")
+        keys[key] = float(rate)
     return keys
 
 

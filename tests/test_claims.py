@@ -169,6 +169,9 @@ def test_a_claim_with_a_measure_reads_that_column_not_the_papers_point():
     assert result == ["holds"] and table["ours"][0] == "wa_late 41.00 ± 1.00; wa_uniform 36.00 ± 1.00"
     assert table["reason"][0].startswith("the final global merge's accuracy (plain average), wa_late minus")
     assert verdicts(one_claim("higher_final", method="wa_late", baselines=["wa_uniform"]), final=frame)[0] == ["fails"]
+    frame["final_merge_average_acc"] = float("nan")  # complete cells run with final_merge: false
+    result, table = verdicts(data, final=frame.assign(status="complete"))
+    assert result == ["not run"] and "final_merge: false" in table["reason"][0]
     with pytest.raises(ValueError, match="claim X: measure 'final'; allowed: paper, after_train"):
         verdicts(one_claim("higher_final", measure="final"), final=frame)
 

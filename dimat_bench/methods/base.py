@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import config as cfg
-from ..network import NO_FAULTS, Exchange, Faults
+from ..network import NO_FAULTS, Exchange, Faults, off_diagonal_support
 from ..network import exchange as network_exchange
 from ..population import OPTIMIZERS, OptimizerSpec, Population
 from ..registry import ConfigError, Registry
@@ -308,9 +308,7 @@ class Method:
 
 def out_degrees(matrix: np.ndarray) -> np.ndarray:
     """How many other agents each agent sends to under `matrix` (receiver i takes from j: M_ij > 0)."""
-    sends = matrix > 0
-    np.fill_diagonal(sends, False)
-    return sends.sum(axis=0)
+    return off_diagonal_support(matrix).sum(axis=0)
 
 
 def round_train_stats(epochs: list[list[dict]]) -> list[dict]:
