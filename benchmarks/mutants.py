@@ -119,6 +119,8 @@ FAULT_STREAM = NETWORK + "test_the_faults_come_from_their_own_stream_the_same_fo
 ABSENT = NETWORK + "test_an_absent_agent_neither_sends_nor_receives_and_push_sum_loses_a_lost_share"
 VARYING_MERGE = NETWORK + "test_a_merge_on_a_time_varying_graph_uses_each_rounds_drawn_matrix"
 VARYING_GOSSIP = NETWORK + "test_a_gossip_step_on_a_time_varying_graph_mixes_with_that_steps_drawn_matrix"
+RESENT = NETWORK + "test_a_resent_share_arrives_with_the_links_next_delivered_message"
+RESENT_TOY = NETWORK + "test_push_sum_with_resent_shares_reaches_the_average_under_drops_and_absences"
 ONE_PEER = NETWORK + "test_the_one_peer_exponential_graph_has_the_sgp_papers_period_and_union"
 DOUBLY = NETWORK + "test_a_method_that_needs_doubly_stochastic_mixing_rejects_a_directed_graph_that_cannot_give_it"
 CHECKPOINT_PY, RESULTS_PY, CLI_PY = "dimat_bench/checkpoint.py", "dimat_bench/results.py", "dimat_bench/cli.py"
@@ -197,9 +199,9 @@ MUTANTS: list[Mutant] = [
     Mutant("SGP: equal shares normalised over the wrong axis", GOSSIP_PY,
            "support.sum(axis=0, keepdims=True)", "support.sum(axis=1, keepdims=True)", (SGP_PUSH,)),
     Mutant("SGP: parameters mixed with the transposed matrix", GOSSIP_PY,
-           "mixed = self.mixing @ pushed", "mixed = self.mixing.T @ pushed", (SGP_PUSH,)),
+           "mixed = push.to(pushed.dtype) @ pushed", "mixed = push.T.to(pushed.dtype) @ pushed", (SGP_PUSH,)),
     Mutant("SGP: push-sum weights never updated", GOSSIP_PY,
-           "self.weights = self.push @ self.weights", "self.weights = self.weights", (SGP_PUSH,)),
+           "weights = push @ self.weights", "weights = self.weights", (SGP_PUSH,)),
     Mutant("out_degrees counts the wrong axis (receives, not sends)", "dimat_bench/methods/base.py",
            "return sends.sum(axis=0)", "return sends.sum(axis=1)", (SGP_DIRECTED,)),
     Mutant("aggregate: best round instead of the last", AGGREGATE_PY,
@@ -418,6 +420,13 @@ MUTANTS: list[Mutant] = [
     Mutant("faults: push-sum keeps a lost message's share", NETWORK_PY,
            "out = np.where(self.delivered | np.eye(n, dtype=bool), push, 0.0)", "out = np.array(push, dtype=float)",
            (ABSENT,)),
+    Mutant("sgp_resend: a link's undelivered mass forgotten when it is lost again", "dimat_bench/methods/gossip.py",
+           "x, w = x0.add_(x), w0 + w", "pass", (RESENT_TOY,)),
+    Mutant("sgp_resend: the undelivered weight never delivered", "dimat_bench/methods/gossip.py",
+           "            weights[i] += w", "            pass", (RESENT, RESENT_TOY)),
+    Mutant("sgp_resend: the lost share taken from the receiver's model instead of the sender's",
+           "dimat_bench/methods/gossip.py", "pushed[j] * float(shares[i, j])", "pushed[i] * float(shares[i, j])",
+           (RESENT, RESENT_TOY)),
     Mutant("time-varying: every round merges over exchange 0's graph", "dimat_bench/methods/merge.py",
            "self.topology.at(round_index - 1)", "self.topology.at(0)", (VARYING_MERGE,)),
     Mutant("time-varying: a gossip step mixes over the expected matrix", "dimat_bench/methods/gossip.py",

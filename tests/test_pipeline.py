@@ -322,7 +322,7 @@ def test_the_workflow_lints_clean():
 def test_the_default_profile_plans_the_paper_grid():
     result = snakemake("-n", "--profile", "profiles/default", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"cell\s+730", result.stdout) and re.search(r"pretrain\s+12\n", result.stdout)
+    assert re.search(r"cell\s+800", result.stdout) and re.search(r"pretrain\s+12\n", result.stdout)
     assert re.search(r"method=dimat_local", result.stdout) and re.search(r"claims\s+1\n", result.stdout)
     assert re.search(r"data\s+3\n", result.stdout) and re.search(r"communication\s+1\n", result.stdout)
 

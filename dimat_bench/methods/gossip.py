@@ -145,28 +145,96 @@ class CDMSGD(GossipMethod):
         return cdsgd_step(self.mixing, params, grads.add(self.momentum_buffer, alpha=mu), lr)
 
 
+class PushSum:
+    """Push-sum's state for N agents: the weights w and, with `resend`, each link's undelivered mass.
+
+    One step takes the pushed quantities y_j = x_j − η g(z_j) (x_j = w_j z_j) and the exchange's
+    column-stochastic shares P (`step_push`: P over what arrived, `lost`: P_ij of each link j → i
+    that was sent and did not arrive) and returns z = x / w. Lost shares are either gone
+    (`resend=False`, Assran et al.: x and w lose them alike, so w shrinks and the step η/w grows) or
+    carried by the link (`resend=True`, running sums, Hadjicostis, Domínguez-García and Vaidya 2016:
+    a link j → i accumulates what j pushed it since its last delivery, and the next message that
+    arrives delivers all of it), which keeps Σ x + Σ undelivered = Σ y, so the de-biased models
+    reach the average even when messages are lost (tests/test_network.py)."""
+
+    def __init__(self, n_agents: int, device, resend: bool = False):
+        self.weights = torch.ones(n_agents, 1, dtype=torch.float64, device=device)
+        self.resend = resend
+        self.undelivered: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def step(self, push: torch.Tensor, params: torch.Tensor, grads: torch.Tensor, lr: float,
+             happened: Exchange | None = None) -> torch.Tensor:
+        pushed = (self.weights.to(params.dtype) * params).add_(grads, alpha=-lr)  # x_i − η g(z_i), x_i = w_i z_i
+        mixed = push.to(pushed.dtype) @ pushed
+        weights = push @ self.weights
+        if self.resend and happened is not None:
+            self._carry(happened, pushed, mixed, weights)
+        self.weights = weights
+        return mixed / weights.to(mixed.dtype)
+
+    def _carry(self, happened: Exchange, pushed, mixed, weights) -> None:
+        """Running sums: a lost share joins its link's undelivered mass; a delivered message brings its
+        link's undelivered mass along."""
+        shares = happened.matrix
+        lost = happened.sent & ~happened.delivered
+        for i, j in zip(*np.nonzero(lost)):
+            x, w = pushed[j] * float(shares[i, j]), self.weights[j] * float(shares[i, j])
+            if (i, j) in self.undelivered:
+                x0, w0 = self.undelivered[i, j]
+                x, w = x0.add_(x), w0 + w
+            self.undelivered[i, j] = (x, w)
+        for i, j in [link for link in self.undelivered if happened.delivered[link]]:
+            x, w = self.undelivered.pop((i, j))
+            mixed[i] += x
+            weights[i] += w
+
+    def mass(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ x, Σ w) held by the agents and in flight on the links, for models `params` (= z)."""
+        x = (self.weights.to(params.dtype) * params).sum(dim=0)
+        w = self.weights.sum()
+        for x_link, w_link in self.undelivered.values():
+            x, w = x + x_link, w + w_link.sum()
+        return x, w
+
+
+@dataclass(frozen=True)
+class SGPOptions(GossipOptions):
+    """sgp: what push-sum does with a lost message"""
+
+    lost_mass: str = cfg.option("lost", "a lost message's share of x and w: lost (Assran et al.'s SGP: it is gone, "
+                                "so w shrinks under drops) or resent (running sums: the link delivers it with its "
+                                "next message that arrives)", choices=lambda: ["lost", "resent"])
+
+
 @register("sgp")
 class SGP(GossipMethod):
     """Stochastic gradient push (Assran et al. 2019), true push-sum. Agent i keeps x_i and a weight w_i;
     its model holds the de-biased z_i = x_i / w_i, where gradients are taken:
     x ← P (x − η g(z)), w ← P w, with P column-stochastic. When Π is column-stochastic P = Π (on a
     symmetric doubly-stochastic Π the weights stay 1 and x_i ← Σ_j Π_ij (x_j − η g_j)); otherwise
-    each agent pushes equal shares to itself and its out-neighbours."""
+    each agent pushes equal shares to itself and its out-neighbours. Under faults see `PushSum`."""
 
+    Options = SGPOptions
     extra_elements = 1
 
     def __init__(self, context):
+        self.push_sum = PushSum(context.population.n_agents, context.population.device,
+                                resend=context.options.lost_mass == "resent")
+        self.happened: Exchange | None = None
         super().__init__(context)
-        device = self.population.device
-        self.weights = torch.ones(self.population.n_agents, 1, dtype=torch.float64, device=device)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.push_sum.weights
 
     def use_matrix(self, matrix):
         super().use_matrix(matrix)
         self.push = torch.as_tensor(matrix, dtype=torch.float64, device=self.population.device)
 
     def step_matrix(self, happened):
-        """Push-sum over what arrived: a lost message loses its share of x and of w alike, so z = x / w
+        """Push-sum over what arrived: a lost message takes its share of x and of w alike, so z = x / w
         stays the ratio of what each agent holds; an absent agent keeps its whole mass."""
+        self.happened = happened
         return happened.pushed(happened.matrix)
 
     @classmethod
@@ -177,7 +245,4 @@ class SGP(GossipMethod):
         return support / support.sum(axis=0, keepdims=True)
 
     def step(self, params, grads, lr):
-        pushed = (self.weights.float() * params).add_(grads, alpha=-lr)  # x_i − η g(z_i), x_i = w_i z_i
-        mixed = self.mixing @ pushed
-        self.weights = self.push @ self.weights
-        return mixed / self.weights.float()
+        return self.push_sum.step(self.push, params, grads, lr, self.happened)

@@ -22,3 +22,5 @@ variant("wm_reset", "wm", bn_reset=True)  # WM with DIMAT's BatchNorm reset afte
 for _method in ("dimat", "wa"):
     for _placement in ("early", "uniform", "late"):
         variant(f"{_method}_{_placement}", _method, merge_schedule=_placement)
+# SGP whose links resend what they lost (running-sums push-sum; docs/benchmark.md#networks-as-they-are).
+variant("sgp_resend", "sgp", lost_mass="resent")
