@@ -28,7 +28,7 @@ import yaml
 from scipy.stats import t as student_t
 
 from .aggregate import setting_label
-from .plan import SETTING_KEYS, union_pretraining
+from .plan import SETTING_KEYS, perfect_network_rows, union_pretraining
 
 VERDICTS = ("holds", "fails", "inconclusive", "not run")
 LEVEL = 0.95  # of the paired interval
@@ -188,7 +188,7 @@ def matches_reference(claim: dict, results: Mapping[str, pd.DataFrame], referenc
 
 
 def fewer_messages(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
-    table, rows = results["communication"], []
+    table, rows = perfect_network_rows(results["communication"]), []
     for (dataset, model, width), frame in table.groupby(["dataset", "model", "width"], sort=True):
         label = f"{dataset} {model} ×{width}, N ∈ {sorted(frame['agents'].unique().tolist())}, " \
                 f"{'/'.join(sorted(frame['topology'].unique()))}"

@@ -31,6 +31,7 @@ import torch
 from .data import DATASETS, balanced_subset
 from .methods import METHODS, LearningRateOptions
 from .models import create_model
+from .network import expected_fractions
 from .population import batch_bounds
 from .splits import create_split
 from .topology import create_topology
@@ -65,11 +66,15 @@ def iid_steps_per_epoch(train_size: int, num_classes: int, n_agents: int, batch_
 def communication_table(methods: list[str], dataset: str, model: str, width: int, agents: list[int],
                         topologies: list[str], train_size: int | None = None, batch_size: int = 100,
                         epochs_per_round: int = 2, mixing: str = "official",
-                        options: Mapping[str, LearningRateOptions] | None = None, rounds: int = 100) -> list[dict]:
-    """One row per method × topology × N: communication per epoch and over a run of `rounds` rounds,
-    over the whole network, with the `iid` split's shards. `train_size` None = the dataset's whole
-    training set; `options`: method name -> its options (default: its defaults)."""
+                        options: Mapping[str, LearningRateOptions] | None = None, rounds: int = 100,
+                        faults: list[tuple[float, float]] | None = None) -> list[dict]:
+    """One row per method × topology × N × fault setting: communication per epoch and over a run of
+    `rounds` rounds, over the whole network, with the `iid` split's shards. `train_size` None = the
+    dataset's whole training set; `options`: method name -> its options (default: its defaults);
+    `faults`: (drop_rate, absent_rate) pairs, default the perfect network only. Messages and bytes
+    per epoch and `messages_per_run` are what the schedule sends on a perfect network."""
     options = options or {}
+    faults = faults or [(0.0, 0.0)]
     info = DATASETS.get(dataset)
     train_size = train_size or info.train_images
     network = create_model(model, info.num_classes, width)
@@ -86,10 +91,15 @@ def communication_table(methods: list[str], dataset: str, model: str, width: int
                                         len(matrices))
                 messages = schedule.per_epoch(steps, epochs_per_round, rounds) * per_exchange
                 per_run = schedule.exchanges(steps, epochs_per_round, rounds) * per_exchange
-                rows.append({"dataset": dataset, "model": model, "width": width, "agents": n, "topology": topology,
-                             "method": method, "family": cls.family, "steps_per_epoch": steps,
-                             "epochs_per_round": epochs_per_round, "messages_per_epoch": float(messages),
-                             "bytes_per_epoch": float(messages * cls.message_elements(network) * 4),
-                             "rounds": rounds,
-                             "messages_per_run": int(per_run) if per_run.denominator == 1 else float(per_run)})
+                row = {"dataset": dataset, "model": model, "width": width, "agents": n, "topology": topology,
+                       "method": method, "family": cls.family, "steps_per_epoch": steps,
+                       "epochs_per_round": epochs_per_round, "messages_per_epoch": float(messages),
+                       "bytes_per_epoch": float(messages * cls.message_elements(network) * 4),
+                       "rounds": rounds, "messages_per_run": int(per_run) if per_run.denominator == 1 else float(per_run)}
+                for drop_rate, absent_rate in faults:
+                    sent, delivered = expected_fractions(drop_rate, absent_rate)
+                    rows.append(row | {"drop_rate": drop_rate, "absent_rate": absent_rate,
+                                       "messages_sent_per_run": float(per_run) * sent,
+                                       "messages_delivered_per_run": float(per_run) * delivered})
     return rows
+

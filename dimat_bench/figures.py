@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import agent_means, curves, setting_label
-from .plan import SETTING_KEYS, parse_network, union_pretraining
+from .plan import SETTING_KEYS, parse_network, perfect_network_rows, union_pretraining
 from .results import atomic_path, write_json
 
 
@@ -237,6 +237,7 @@ def communication_figure(table: pd.DataFrame, out_dir: str | Path) -> list[Path]
     plt = _pyplot()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     written = []
+    table = perfect_network_rows(table)  # the messages a schedule sends; faults do not change them
     for (dataset, model, width), frame in table.groupby(["dataset", "model", "width"], sort=True):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         topologies = sorted(frame["topology"].unique(), key=lambda t: (t != "fc", t != "ring", t))

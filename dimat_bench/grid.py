@@ -102,8 +102,17 @@ def communication_rows(config: Mapping[str, Any], manifests: Iterable[Mapping[st
                                     train_size=pre.train_size or train_images[dataset],
                                     batch_size=run.batch_size or pre.batch_size, epochs_per_round=run.epochs_per_round,
                                     mixing=run.mixing, options={m: c.options for m, c in configs.items()},
-                                    rounds=run.rounds)
+                                    rounds=run.rounds, faults=fault_settings(here))
     return rows
+
+
+def fault_settings(cells: Iterable[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """The (drop_rate, absent_rate) pairs of these cells' topology labels, the perfect network first."""
+    pairs = {(0.0, 0.0)}
+    for cell in cells:
+        keys = planner.parse_network(cell["topology"])
+        pairs.add((keys.get("drop_rate", 0.0), keys.get("absent_rate", 0.0)))
+    return sorted(pairs)
 
 
 def plan(path: str | Path) -> str:

@@ -54,6 +54,14 @@ class Faults:
 NO_FAULTS = Faults()
 
 
+def expected_fractions(drop_rate: float, absent_rate: float) -> tuple[float, float]:
+    """(sent, delivered): the expected fractions of a perfect network's messages that are sent and that
+    arrive under these rates. A message is sent when its sender is present (1 − absent_rate) and
+    arrives when, besides, its receiver is present and it is not lost: (1 − absent_rate)² (1 − drop_rate)."""
+    present = 1.0 - absent_rate
+    return present, present * present * (1.0 - drop_rate)
+
+
 @dataclass(frozen=True)
 class Exchange:
     """One exchange as it happened. `matrix[i, j]` is the share agent i takes of j's model (the graph's
