@@ -441,6 +441,38 @@ def test_the_run_command_takes_a_time_varying_graph_with_faults_and_records_them
                           "for method cdsgd") and len(err.splitlines()) == 1 and not out.exists()
 
 
+def test_every_method_of_a_cell_meets_the_same_graphs_and_faults_through_the_run_command(pretrained5, tmp_path,
+                                                                                       monkeypatch):
+    """End to end: four methods run by the `run` command on one cell (random matchings, 30 % lost, 10 %
+    absent, seed 3) record every exchange they make; exchange t is the same graph, the same lost
+    messages and the same absent agents for all four (merges make t = 0, 1; gossip steps t = 0..S−1),
+    and another seed draws others."""
+    import dimat_bench.methods.base as base
+    from dimat_bench.cli import main
+
+    seen: dict[str, dict[int, tuple]] = {}
+    real = base.network_exchange
+
+    def recording(matrix, t, faults):
+        happened = real(matrix, t, faults)
+        log[t] = ((matrix > 0).tobytes(), happened.sent.tobytes(), happened.delivered.tobytes(),
+                  happened.absent.tobytes())
+        return happened
+
+    monkeypatch.setattr(base, "network_exchange", recording)
+    for name, seed in (("wa", 3), ("dimat", 3), ("cdsgd", 3), ("sgp", 3), ("wa", 4)):
+        log = seen.setdefault(f"{name}{seed}", {})
+        assert main(["run", "--pretrained", str(pretrained5), "--method", name, "--topology", "random_matching",
+                     "--drop-rate", "0.3", "--absent-rate", "0.1", "--seed", str(seed), "--rounds", "2",
+                     "--epochs-per-round", "1", "--batch-size", "10", "--no-final-merge", "--out",
+                     str(tmp_path / f"{name}{seed}"),
+                     "--quiet"] + (["--match-samples", "20"] if name == "dimat" else [])) == 0
+    assert sorted(seen["wa3"]) == sorted(seen["dimat3"]) == [0, 1] and len(seen["cdsgd3"]) > 2
+    assert seen["wa3"] == seen["dimat3"] and seen["cdsgd3"] == seen["sgp3"]
+    assert all(seen["cdsgd3"][t] == seen["wa3"][t] for t in (0, 1))
+    assert seen["wa4"] != seen["wa3"]
+
+
 def test_a_method_that_reads_only_the_static_graph_is_stopped_on_a_changing_or_faulty_network(cifar10):
     """A method that communicates on its own (docs/adding-a-method.md's pairwise gossip) and does not
     declare `supports_networks` would ignore the drawn graphs and the faults: it stops, naming itself."""
