@@ -14,12 +14,25 @@ and their ratio. `--no-reset-before-match` measures the merge without the first 
 `dimat_stale` variant; issue 12's target on a 2-core CPU then: 20 -> 10 passes, >= 1.8x).
 
     python benchmarks/merge_cost.py --data-dir ../shared/data
+
+`--protocol-round BASELINE` instead times one round of the authors' protocol end to end through the
+engine's `run` command (CIFAR-100 10k/10k, ResNet-20 ×1, 5 agents on a ring, `dimat` as the authors
+run it: matching and both BatchNorm resets on the whole augmented training cache, one epoch), with
+this tree's code and with BASELINE's (a commit, exported with `git archive`), alternating in one run
+from one pretraining, and prints each one's phase breakdown (the round's merge, the evaluation after
+it, the epoch, the evaluation after it: metrics.csv's seconds) and the speed-up (issue 23):
+
+    python benchmarks/merge_cost.py --protocol-round d973630 --data-dir ../shared/data
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +60,68 @@ def population_of(args, device: str) -> Population:
                       seed=0, precision=args.precision)
 
 
+ROUND_PHASES = {"merge": ("after_merge", "seconds_communicate"), "evaluate after merge": ("after_merge", "seconds_evaluate"),
+                "train": ("after_train", "seconds_train"), "evaluate after training": ("after_train", "seconds_evaluate")}
+
+
+def engine(tree: Path, *args: str, threads: int) -> None:
+    """`python -m dimat_bench ARGS` with the engine of `tree` (its directory first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+    result = subprocess.run([sys.executable, "-m", "dimat_bench", *args, "--quiet"], env=env, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: {' '.join(args[:3])} with the engine of {tree} failed:\n{result.stderr[-2000:]}")
+
+
+def round_phases(metrics: Path) -> dict[str, float]:
+    """Round 1's seconds by phase from a cell's metrics.csv (each phase's seconds are on every agent's row)."""
+    import pandas as pd
+
+    frame = pd.read_csv(metrics, comment="#")
+    first = frame[frame["round"] == 1]
+    return {name: float(first[first["phase"] == phase][column].iloc[0]) for name, (phase, column) in ROUND_PHASES.items()}
+
+
+def protocol_round(args) -> None:
+    """One official-protocol ring round with this tree's engine and with `args.protocol_round`'s."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        baseline = work / "baseline"
+        baseline.mkdir()
+        archive = subprocess.run(["git", "archive", args.protocol_round, "dimat_bench"], cwd=root, capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", args.protocol_round], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        trees = {f"baseline {commit}": baseline, "this tree": root}
+        pretrained = work / "pretrained"
+        print("pretraining (1 epoch, CIFAR-100 10k/10k, 5 agents, ResNet-20 x1) with this tree's engine ...", flush=True)
+        engine(root, "pretrain", "--dataset", "cifar100", "--data-dir", args.data_dir, "--agents", "5", "--epochs", "1",
+               "--precision", "fp32", "--out", str(pretrained), threads=args.threads)
+        seconds: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        for repeat in range(args.repeats):  # alternating, so drift of the machine hits both alike
+            for name, tree in trees.items():
+                out = work / f"{name.split()[0]}{repeat}"
+                tick = time.perf_counter()
+                engine(tree, "run", "--pretrained", str(pretrained), "--method", "dimat", "--topology", "ring",
+                       "--rounds", "1", "--epochs-per-round", "1", "--no-final-merge", "--precision", args.precision,
+                       "--out", str(out), threads=args.threads)
+                seconds[name].append(round_phases(out / "metrics.csv"))
+                print(f"  {name}: round {sum(seconds[name][-1].values()):.1f} s (job {time.perf_counter() - tick:.0f} s)",
+                      flush=True)
+    print(f"one round of the authors' protocol (dimat, ring, 5 agents, CIFAR-100 10k/10k, ResNet-20 x1, one epoch), "
+          f"precision {args.precision}, {args.threads} thread(s); median of {args.repeats} (seconds):")
+    medians = {name: {phase: statistics.median(r[phase] for r in runs) for phase in ROUND_PHASES}
+               for name, runs in seconds.items()}
+    print(f"{'':24}" + "".join(f"{name:>22}" for name in medians))
+    for phase in ROUND_PHASES:
+        print(f"{phase:24}" + "".join(f"{m[phase]:22.1f}" for m in medians.values()))
+    totals = [sum(m.values()) for m in medians.values()]
+    print(f"{'round':24}" + "".join(f"{t:22.1f}" for t in totals))
+    print(f"speed-up this tree / baseline: {totals[0] / totals[1]:.2f}x")
+
+
 def main() -> None:
     default_dir = "../shared/data" if Path("../shared/data/cifar10.npz").exists() else "resources/data"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,12 +131,20 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1)
     parser.add_argument("--match-samples", type=int, default=2000, help="images every agent matches on (2000)")
     parser.add_argument("--train-images", type=int, default=5000, help="the training set they are drawn from")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each path (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds of each path after one warm-up (3); --protocol-round: rounds of each tree (1)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reset-before-match", dest="reset_before_match", action="store_false",
                         help="match on the statistics the agents carry (dimat_stale)")
+    parser.add_argument("--protocol-round", metavar="BASELINE", help="time one official-protocol round through the "
+                        "engine, this tree against commit BASELINE (see above)")
+    parser.add_argument("--threads", type=int, default=2, help="--protocol-round: threads per engine job (2)")
     args = parser.parse_args()
+    if args.protocol_round:
+        args.repeats = args.repeats or 1
+        return protocol_round(args)
+    args.repeats = args.repeats or 3
 
     population = population_of(args, args.device)
     topology = create_topology(args.topology, args.agents)

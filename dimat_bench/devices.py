@@ -116,6 +116,19 @@ def inference_batch_size(device: torch.device) -> int:
     return 1000 if torch.device(device).type == "cuda" else 100
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as PyTorch's CPU dispatch
+    sees it; on a PyTorch without those probes, the kernel's CPU flags."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(probe) for probe in probes):
+        return any(probe() for probe in probes)
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_precision(value: str, device: torch.device) -> str:
     """`auto` is bf16 on a GPU and fp32 on a CPU (where bf16 autocast is slower than fp32)."""
     cuda = torch.device(device).type == "cuda"

@@ -27,10 +27,11 @@ def _pyplot():
 
 
 def save(fig, stem: Path) -> list[Path]:
-    """`stem`.png and `stem`.pdf; a `:` in the name (timm models) becomes `-`."""
+    """`stem`.png and `stem`.pdf; a `:` in the name (timm models) becomes `-`. A dot in the stem stays
+    (`ring-drop0.3`: not a suffix to replace)."""
     stem = stem.with_name(stem.name.replace(":", "-"))
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     for path in paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     return paths

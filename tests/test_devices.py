@@ -30,3 +30,15 @@ def test_auto_device_spreads_jobs_over_gpus(monkeypatch, tmp_path):
     for handle in devices._held[held_before:]:
         handle.close()
     del devices._held[held_before:]
+
+
+def test_native_bf16_follows_pytorchs_cpu_probes(monkeypatch):
+    """AVX512-BF16 or AMX tiles, as PyTorch's CPU dispatch reports them (benchmarks/parity.py prints it)."""
+    import torch
+
+    from dimat_bench.devices import cpu_has_native_bf16
+
+    for avx, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        assert cpu_has_native_bf16() is expected

@@ -172,3 +172,15 @@ def test_the_network_figures_draw_nothing_where_no_cell_completed(captured, tmp_
     final = synthetic_final({"ring": (0.46, {"wa": [0.3]}), "ring-drop0.3": (0.46, {"wa": [0.2]})})
     final["paper_acc"] = float("nan")  # every cell failed or diverged
     assert figures.robustness_figure(final, tmp_path) == [] and figures.spectral_gap_figure(final, tmp_path) == []
+
+
+def test_settings_whose_names_differ_after_a_dot_get_files_of_their_own(tmp_path):
+    """`ring-drop0.1` and `ring-drop0.3`: the accuracy figure of each is written, neither overwriting the
+    other (a stem's `.1` is not a suffix)."""
+    metrics = synthetic_metrics()
+    both = pd.concat([metrics.assign(topology="ring-drop0.1"), metrics.assign(topology="ring-drop0.3")])
+    written = figures.accuracy_curves(both, tmp_path)
+    names = sorted(path.name for path in written)
+    assert len(names) == len(set(names)) == 4 and all(path.exists() for path in written)
+    assert [n for n in names if n.endswith(".png")] == [
+        "accuracy_cifar10_resnet20_1_2_iid_ring-drop0.1.png", "accuracy_cifar10_resnet20_1_2_iid_ring-drop0.3.png"]
