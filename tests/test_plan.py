@@ -127,8 +127,8 @@ def test_the_preflight_stops_the_paper_grid_on_a_host_without_a_gpu_and_names_th
     assert not stopped.ok and stopped.message.startswith("preflight: stopped before any engine job")
     assert "GPU-scale" in stopped.message and "make quick" in stopped.message and "config/cpu.yaml" in stopped.message
     assert "confirm_cost=true" in stopped.message and "812 engine jobs" in stopped.message
-    # the estimate's 385 H100-hours (docs/results.md, with the budget and robustness rows); decades at CPU_FLOPS on 2 cores
-    assert round(stopped.gpu_hours) == 385 and stopped.cpu_hours > 10 * 24 * 365
+    # the estimate's 399 H100-hours (docs/results.md, with the budget and robustness rows); decades at CPU_FLOPS on 2 cores
+    assert round(stopped.gpu_hours) == 399 and stopped.cpu_hours > 10 * 24 * 365
     assert preflight.check(paper_config() | {"confirm_cost": "true"}, gpus=0, cores=2).ok
     assert preflight.check(paper_config() | {"confirm_cost": True}, gpus=0, cores=2).ok
     assert not preflight.check(paper_config() | {"confirm_cost": "false"}, gpus=0, cores=2).ok
