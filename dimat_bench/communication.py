@@ -102,4 +102,3 @@ def communication_table(methods: list[str], dataset: str, model: str, width: int
                                        "messages_sent_per_run": float(per_run) * sent,
                                        "messages_delivered_per_run": float(per_run) * delivered})
     return rows
-

@@ -148,9 +148,9 @@ class CDMSGD(GossipMethod):
 class PushSum:
     """Push-sum's state for N agents: the weights w and, with `resend`, each link's undelivered mass.
 
-    One step takes the pushed quantities y_j = x_j − η g(z_j) (x_j = w_j z_j) and the exchange's
-    column-stochastic shares P (`step_push`: P over what arrived, `lost`: P_ij of each link j → i
-    that was sent and did not arrive) and returns z = x / w. Lost shares are either gone
+    One step takes the models z, their gradients and `push`, the exchange's column-stochastic shares
+    over what arrived (`Exchange.pushed`), pushes y_j = x_j − η g(z_j) (x_j = w_j z_j) and returns
+    z = x / w; `happened` (the exchange) says which links lost their share. Lost shares are either gone
     (`resend=False`, Assran et al.: x and w lose them alike, so w shrinks and the step η/w grows) or
     carried by the link (`resend=True`, running sums, Hadjicostis, Domínguez-García and Vaidya 2016:
     a link j → i accumulates what j pushed it since its last delivery, and the next message that
