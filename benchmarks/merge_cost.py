@@ -28,6 +28,7 @@ it, the epoch, the evaluation after it: metrics.csv's seconds) and the speed-up 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -100,6 +101,7 @@ def protocol_round(args) -> None:
         engine(root, "pretrain", "--dataset", "cifar100", "--data-dir", args.data_dir, "--agents", "5", "--epochs", "1",
                "--precision", "fp32", "--out", str(pretrained), threads=args.threads)
         seconds: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        resolved: dict[str, str] = {}
         for repeat in range(args.repeats):  # alternating, so drift of the machine hits both alike
             for name, tree in trees.items():
                 out = work / f"{name.split()[0]}{repeat}"
@@ -108,6 +110,7 @@ def protocol_round(args) -> None:
                        "--rounds", "1", "--epochs-per-round", "1", "--no-final-merge", "--precision", args.precision,
                        "--out", str(out), threads=args.threads)
                 seconds[name].append(round_phases(out / "metrics.csv"))
+                resolved[name] = json.loads((out / "meta.json").read_text())["precision"]
                 print(f"  {name}: round {sum(seconds[name][-1].values()):.1f} s (job {time.perf_counter() - tick:.0f} s)",
                       flush=True)
     print(f"one round of the authors' protocol (dimat, ring, 5 agents, CIFAR-100 10k/10k, ResNet-20 x1, one epoch), "
@@ -115,6 +118,7 @@ def protocol_round(args) -> None:
     medians = {name: {phase: statistics.median(r[phase] for r in runs) for phase in ROUND_PHASES}
                for name, runs in seconds.items()}
     print(f"{'':24}" + "".join(f"{name:>22}" for name in medians))
+    print(f"{'precision':24}" + "".join(f"{resolved[name]:>22}" for name in medians))
     for phase in ROUND_PHASES:
         print(f"{phase:24}" + "".join(f"{m[phase]:22.1f}" for m in medians.values()))
     totals = [sum(m.values()) for m in medians.values()]
@@ -133,7 +137,8 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=5000, help="the training set they are drawn from")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds of each path after one warm-up (3); --protocol-round: rounds of each tree (1)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                        help="forward passes (fp32; --protocol-round: auto, each tree's own choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reset-before-match", dest="reset_before_match", action="store_false",
                         help="match on the statistics the agents carry (dimat_stale)")
@@ -142,9 +147,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="--protocol-round: threads per engine job (2)")
     args = parser.parse_args()
     if args.protocol_round:
-        args.repeats = args.repeats or 1
+        args.repeats, args.precision = args.repeats or 1, args.precision or "auto"
         return protocol_round(args)
-    args.repeats = args.repeats or 3
+    args.repeats, args.precision = args.repeats or 3, args.precision or "fp32"
+    if args.precision == "auto":
+        raise SystemExit("error: --precision: got 'auto'; allowed: fp32 or bf16 (auto is for --protocol-round)")
 
     population = population_of(args, args.device)
     topology = create_topology(args.topology, args.agents)

@@ -11,6 +11,7 @@ Two measurement points (docs/benchmark.md#one-cell): `paper`, how the authors re
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -299,13 +300,14 @@ def final_merge_latex(table: pd.DataFrame, caption_text: str = "") -> str:
     return "\n".join(parts) + "\n"
 
 
-def final_merge_caption(seeds: str, rounds: Iterable[int]) -> str:
+def final_merge_caption(seeds: str, rounds: Iterable[int], precision: str = "") -> str:
     rounds = sorted(set(int(r) for r in rounds))
     return (f"One final global merge of every cell's agents after {'/'.join(map(str, rounds))} rounds, as if the "
             f"graph were fully connected for one exchange: test accuracy (%) of {FINAL_MERGES['final_merge_average']} "
             f"(average) and of {FINAL_MERGES['final_merge_aligned']} (aligned; matched on the cell's "
             "`final_merge_samples` training images from the union of the agents' shards), next to the agents' "
-            f"mean at the paper's point. Mean ± std over seeds; {PRETRAINING[seeds]}.")
+            f"mean at the paper's point. Mean ± std over seeds; {PRETRAINING[seeds]}"
+            f"{'; ' + precision if precision else ''}.")
 
 
 def status_note(statuses: pd.Series) -> str:
@@ -343,17 +345,32 @@ def incomplete_cells(status: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+PRECISIONS = {"fp32": "forward passes in fp32",
+              "bf16": "forward passes under bf16 autocast (weights, optimiser state and statistics in fp32)"}
+
+
+def precision_note(cells: Iterable[Mapping]) -> str:
+    """How the cells' forward passes ran, from the `precision` their meta.json records (a table's
+    `cell_provenance`): one phrase when all agree, else the count of each; '' when none recorded it."""
+    counts = Counter(c.get("precision") for c in cells if c.get("precision"))
+    if len(counts) == 1:
+        return PRECISIONS.get(next(iter(counts)), f"precision {next(iter(counts))}")
+    return "forward passes " + ", ".join(f"in {p} in {n} cells" for p, n in sorted(counts.items())) if counts else ""
+
+
 PRETRAINING = {"shared": "all seeds start from seed 0's pretrained agents (the authors' protocol)",
                "per_seed": "each seed pretrains its own agents"}
 
 
-def caption(point: str, seeds: str, rounds: Iterable[int]) -> str:
-    """What a main table shows, in one sentence: the quantity, the point, the seeds, the rounds."""
+def caption(point: str, seeds: str, rounds: Iterable[int], precision: str = "") -> str:
+    """What a main table shows, in one sentence: the quantity, the point, the seeds, the rounds (and
+    the precision, a `precision_note`)."""
     rounds = sorted(set(int(r) for r in rounds))
     pretraining = PRETRAINING[seeds]
     return (f"Final agent-averaged test accuracy (%) after {'/'.join(map(str, rounds))} rounds, mean ± std over "
-            f"seeds (the mean alone for one seed); measurement point: {POINTS[point]}; {pretraining}; the "
-            f"`{PRETRAINED}` row is the agents before any round. Best method per column in bold.")
+            f"seeds (the mean alone for one seed); measurement point: {POINTS[point]}; {pretraining}"
+            f"{'; ' + precision if precision else ''}; the `{PRETRAINED}` row is the agents before any round. "
+            "Best method per column in bold.")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -383,6 +400,8 @@ def to_latex(table: pd.DataFrame, caption_text: str = "") -> str:
 
 
 def cell_provenance(cell_dirs: Iterable[str | Path]) -> list[dict]:
-    """Each cell's path and the code version that computed it (a table's provenance lists them)."""
-    return [{"path": str(d), "code": (read_meta(Path(d)) or {}).get("code")} for d in cell_dirs]
+    """Each cell's path, the code version that computed it and the precision of its forward passes
+    (a table's provenance lists them)."""
+    metas = [(d, read_meta(Path(d)) or {}) for d in cell_dirs]
+    return [{"path": str(d), "code": meta.get("code"), "precision": meta.get("precision")} for d, meta in metas]
 

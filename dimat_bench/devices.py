@@ -56,6 +56,7 @@ def check_environment(device: torch.device) -> None:
     (also where, like `DIMAT_BENCH_GPU_SLOTS` on a CPU, it would not be used)."""
     gpu_slots()
     matching_memory(device)
+    cpu_auto_precision()
 
 
 def acquire_slot(count: int, directory: Path | None = None, slots: int = 1) -> int | None:
@@ -129,13 +130,27 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_auto_precision() -> str:
+    """What `precision: auto` means on a CPU: bf16 where the CPU computes it natively
+    (`cpu_has_native_bf16`; docs/results.md#bf16-on-a-cpu measured accuracy parity with fp32 and the
+    speed-up), else fp32. `DIMAT_BENCH_CPU_PRECISION` (fp32 or bf16) overrides the detection."""
+    value = os.environ.get("DIMAT_BENCH_CPU_PRECISION")
+    if value is not None:
+        if value not in ("fp32", "bf16"):
+            raise ConfigError("DIMAT_BENCH_CPU_PRECISION", value, "fp32 or bf16 (what precision auto means on a CPU)")
+        return value
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def resolve_precision(value: str, device: torch.device) -> str:
-    """`auto` is bf16 on a GPU and fp32 on a CPU (where bf16 autocast is slower than fp32)."""
+    """`auto` is bf16 on a GPU that has it, and `cpu_auto_precision` on a CPU."""
     cuda = torch.device(device).type == "cuda"
     if value == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision", value, "fp32 or auto on this GPU (it has no bf16)")
     if value == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return cpu_auto_precision()
     return value
 
 

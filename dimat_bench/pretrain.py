@@ -53,8 +53,8 @@ class PretrainConfig(DataConfig):
     union: bool = cfg.option(False, "one model (agent 0's init) on the union of the N agents' shards: where the "
                                     "centralized method starts")
     device: str = cfg.option("auto", "auto, cpu, cuda or cuda:<index>", check=check_device)
-    precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU, "
-                                "fp32 on a CPU)", choices=lambda: list(PRECISIONS))
+    precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU "
+                                "and on a CPU with native bf16, else fp32)", choices=lambda: list(PRECISIONS))
 
     def validate(self) -> None:
         if self.train_size is not None and self.train_size < self.agents * 2:

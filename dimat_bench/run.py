@@ -58,8 +58,8 @@ class RunConfig:
     batch_size: int | None = cfg.option(None, "minibatch size (none = the pretraining's)", min=2)
     seed: int = cfg.option(0, "seed of data order, augmentation and matching samples", min=0)
     device: str = cfg.option("auto", "auto, cpu, cuda or cuda:<index>", check=check_device)
-    precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU, "
-                                "fp32 on a CPU)", choices=lambda: list(PRECISIONS))
+    precision: str = cfg.option("auto", "forward passes in fp32 or under bf16 autocast (auto = bf16 on a GPU "
+                                "and on a CPU with native bf16, else fp32)", choices=lambda: list(PRECISIONS))
     final_merge: bool = cfg.option(True, "after the last round, merge all agents once (plain average and "
                                          "DIMAT-aligned to agent 0) and evaluate the merge")
     final_merge_samples: int | None = cfg.option(1000, "training images the aligned final merge matches and resets "

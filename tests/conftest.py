@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +7,10 @@ import pytest
 from dimat_bench.data import load_dataset
 
 FIXTURES = Path(__file__).parent / "data"
+
+# The tests' exact expectations are fp32 numerics, so `precision: auto` means fp32 on a CPU here (it
+# means bf16 on a CPU with native bf16); tests/test_devices.py tests that default with this unset.
+os.environ.setdefault("DIMAT_BENCH_CPU_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,20 @@ import pytest
 from dimat_bench.aggregate import (
     FINAL_MERGES,
     POINTS,
+    PRECISIONS,
     PRETRAINED,
     agent_means,
     caption,
+    cell_provenance,
     collect_cells,
     final_accuracy,
+    final_merge_caption,
     final_merge_latex,
     final_merge_markdown,
     final_merge_table,
     main_table,
     merge_penalty,
+    precision_note,
     setting_label,
     to_latex,
     to_markdown,
@@ -320,3 +324,18 @@ def test_the_final_merges_are_columns_of_final_csv_and_a_table_of_their_own(cell
     text = final_merge_markdown(final_merge_table(without))
     assert "nan" not in text and [line for line in text.splitlines() if line.startswith("| local")][0].endswith("| – | – |")
     assert "\\begin{tabular}" in final_merge_latex(table, "caption")
+
+
+def test_the_caption_names_the_precision_the_cells_ran_in():
+    fp32, bf16 = {"path": "a", "precision": "fp32"}, {"path": "b", "precision": "bf16"}
+    assert precision_note([fp32, dict(fp32, path="c")]) == PRECISIONS["fp32"]
+    assert precision_note([bf16, {"path": "failed", "precision": None}]) == PRECISIONS["bf16"]
+    assert precision_note([fp32, bf16, dict(bf16, path="c")]) == "forward passes in bf16 in 2 cells, in fp32 in 1 cells"
+    assert precision_note([{"path": "failed"}]) == ""
+    assert caption("paper", "shared", [3], precision_note([bf16])).count("bf16 autocast") == 1
+    assert "autocast" not in caption("paper", "shared", [3], "")
+    assert PRECISIONS["fp32"] in final_merge_caption("shared", [3], PRECISIONS["fp32"])
+
+
+def test_cell_provenance_reads_each_cells_precision(cells):
+    assert {c["precision"] for c in cell_provenance(cells)} == {"fp32"}

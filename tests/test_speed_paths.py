@@ -137,8 +137,19 @@ def test_bf16_training_and_evaluation_keep_fp32_weights_and_finite_losses(cifar1
     assert all(torch.isfinite(torch.tensor([s["train_loss"] for s in stats] + [e["test_loss"] for e in evaluated])))
 
 
-def test_precision_resolves_per_device():
+def test_precision_resolves_per_device(monkeypatch):
+    monkeypatch.delenv("DIMAT_BENCH_CPU_PRECISION")
+    for native, expected in ((True, "bf16"), (False, "fp32")):  # auto on a CPU: bf16 where it is native
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda native=native: native)
+        assert devices.resolve_precision("auto", torch.device("cpu")) == expected
+    monkeypatch.setenv("DIMAT_BENCH_CPU_PRECISION", "fp32")  # the override wins over the detection
     assert devices.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setenv("DIMAT_BENCH_CPU_PRECISION", "bf16")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setenv("DIMAT_BENCH_CPU_PRECISION", "half")
+    with pytest.raises(ConfigError, match="DIMAT_BENCH_CPU_PRECISION: got 'half'; allowed: fp32 or bf16"):
+        devices.check_environment(torch.device("cpu"))
     assert devices.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert devices.resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
@@ -184,6 +195,18 @@ def test_a_bf16_cell_runs_and_records_its_precision(pretrained5, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["precision"] == "bf16" and meta["config"]["precision"] == "bf16" and meta["status"] == "complete"
     assert json.loads((pretrained5 / "meta.json").read_text())["precision"] == "fp32"
+
+
+def test_auto_on_a_cpu_with_native_bf16_runs_bf16_and_records_why(pretrained5, tmp_path, monkeypatch):
+    monkeypatch.delenv("DIMAT_BENCH_CPU_PRECISION")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda native=native: native)
+        out = tmp_path / expected
+        assert main(["run", "--pretrained", str(pretrained5), "--method", "wa", "--rounds", "1", "--epochs-per-round",
+                     "1", "--out", str(out), "--quiet"]) == 0
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["config"]["precision"] == "auto" and meta["precision"] == expected
+        assert meta["device"]["native_bf16"] is native and "cpu_precision_override" not in meta["device"]
 
 
 def noisy_permuted_copies(batches, n=5, noise=1e-2):

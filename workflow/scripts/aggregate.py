@@ -7,7 +7,8 @@ import pandas as pd
 from dimat_bench import plan
 from dimat_bench.aggregate import (POINTS, TABLE_LIBRARIES, agent_means, caption, cell_provenance, cell_status,
                                    collect_cells, curves, final_accuracy, final_merge_caption, final_merge_latex,
-                                   final_merge_markdown, final_merge_table, main_table, to_latex, to_markdown)
+                                   final_merge_markdown, final_merge_table, main_table, precision_note, to_latex,
+                                   to_markdown)
 from dimat_bench.results import provenance, workflow_job, write_table
 
 with workflow_job("aggregate", snakemake.log[0]):
@@ -27,12 +28,13 @@ with workflow_job("aggregate", snakemake.log[0]):
     # The rounds the cells ran to completion (a diverged cell stops early); the config's when none did.
     rounds = final.loc[final["status"] == "complete", "rounds"]
     rounds = rounds if len(rounds) else [plan.run_setting(snakemake.config, "rounds")]
+    precision = precision_note(meta["cells"])
     for point, stem in (("paper", "main"), ("after_train", "main_after_train")):
-        table, text = main_table(final, point), caption(point, seeds, rounds)
+        table, text = main_table(final, point), caption(point, seeds, rounds, precision)
         write_table(snakemake.output[f"{stem}_csv"], table.to_csv(index=False), meta | {"caption": text})
         write_table(snakemake.output[f"{stem}_md"], to_markdown(table, text, status), meta)
         write_table(snakemake.output[f"{stem}_tex"], to_latex(table, text), meta)
-    table, text = final_merge_table(final), final_merge_caption(seeds, rounds)
+    table, text = final_merge_table(final), final_merge_caption(seeds, rounds, precision)
     write_table(snakemake.output.final_merge_csv, table.to_csv(index=False), meta | {"caption": text})
     write_table(snakemake.output.final_merge_md, final_merge_markdown(table, text, status), meta)
     write_table(snakemake.output.final_merge_tex, final_merge_latex(table, text), meta)
