@@ -66,10 +66,11 @@ ROUND_PHASES = {"merge": ("after_merge", "seconds_communicate"), "evaluate after
 
 
 def engine(tree: Path, *args: str, threads: int) -> None:
-    """`python -m dimat_bench ARGS` with the engine of `tree` (its directory first on the path)."""
+    """`python -m dimat_bench ARGS` with the engine of `tree`: run from it (`-m` puts the working
+    directory first on the path, before PYTHONPATH and the installed package) and with it on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run([sys.executable, "-m", "dimat_bench", *args, "--quiet"], env=env, capture_output=True,
-                            text=True)
+                            text=True, cwd=tree)
     if result.returncode != 0:
         raise SystemExit(f"error: {' '.join(args[:3])} with the engine of {tree} failed:\n{result.stderr[-2000:]}")
 
@@ -96,6 +97,13 @@ def protocol_round(args) -> None:
         commit = subprocess.run(["git", "rev-parse", "--short", args.protocol_round], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
         trees = {f"baseline {commit}": baseline, "this tree": root}
+        args.data_dir = str(Path(args.data_dir).resolve())  # the engine runs from each tree
+        for name, tree in trees.items():  # each tree's engine is the one that runs
+            where = subprocess.run([sys.executable, "-c", "import dimat_bench; print(dimat_bench.__file__)"],
+                                   env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True,
+                                   text=True, check=True).stdout.strip()
+            if not Path(where).resolve().is_relative_to(tree.resolve()):
+                raise SystemExit(f"error: {name}: python imports dimat_bench from {where}, not from {tree}")
         pretrained = work / "pretrained"
         print("pretraining (1 epoch, CIFAR-100 10k/10k, 5 agents, ResNet-20 x1) with this tree's engine ...", flush=True)
         engine(root, "pretrain", "--dataset", "cifar100", "--data-dir", args.data_dir, "--agents", "5", "--epochs", "1",
