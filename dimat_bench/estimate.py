@@ -308,8 +308,10 @@ def schedule(jobs: list[Job], seconds: Callable[[Job], float], parallel: int) ->
 
 
 def hms(seconds: float) -> str:
-    if seconds >= 3600:
+    if seconds >= 36000:
         return f"{seconds / 3600:.1f} h"
+    if seconds >= 3600:  # minutes too: a grid's run is checked against its estimate to the minute
+        return f"{seconds / 3600:.1f} h ({seconds / 60:.0f} min)"
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
