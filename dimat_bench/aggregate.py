@@ -399,6 +399,14 @@ def to_latex(table: pd.DataFrame, caption_text: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def perfect_network_rows(table):
+    """The rows of a communication table  for the perfect network (a table written before
+    the fault columns existed has only those)."""
+    if "drop_rate" not in table.columns:
+        return table
+    return table[(table["drop_rate"] == 0) & (table["absent_rate"] == 0)]
+
+
 def cell_provenance(cell_dirs: Iterable[str | Path]) -> list[dict]:
     """Each cell's path, the code version that computed it and the precision of its forward passes
     (a table's provenance lists them)."""

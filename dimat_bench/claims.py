@@ -27,8 +27,8 @@ import pandas as pd
 import yaml
 from scipy.stats import t as student_t
 
-from .aggregate import setting_label
-from .plan import SETTING_KEYS, perfect_network_rows, union_pretraining
+from .aggregate import perfect_network_rows, setting_label
+from .plan import SETTING_KEYS, union_pretraining
 
 VERDICTS = ("holds", "fails", "inconclusive", "not run")
 LEVEL = 0.95  # of the paired interval

@@ -142,6 +142,17 @@ def cpu_auto_precision() -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def precision_basis(device: torch.device) -> dict:
+    """What `precision: auto` decided from on a CPU, for meta.json's `device`: whether it computes
+    bf16 natively, and the override when one is set (nothing on a GPU)."""
+    if torch.device(device).type == "cuda":
+        return {}
+    basis = {"native_bf16": cpu_has_native_bf16()}
+    if "DIMAT_BENCH_CPU_PRECISION" in os.environ:
+        basis["cpu_precision_override"] = os.environ["DIMAT_BENCH_CPU_PRECISION"]
+    return basis
+
+
 def resolve_precision(value: str, device: torch.device) -> str:
     """`auto` is bf16 on a GPU that has it, and `cpu_auto_precision` on a CPU."""
     cuda = torch.device(device).type == "cuda"

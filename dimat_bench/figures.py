@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregate import agent_means, curves, setting_label
-from .plan import SETTING_KEYS, parse_network, perfect_network_rows, union_pretraining
+from .aggregate import agent_means, curves, perfect_network_rows, setting_label
+from .plan import SETTING_KEYS, parse_network, union_pretraining
 from .results import atomic_path, write_json
 
 

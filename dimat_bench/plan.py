@@ -86,14 +86,6 @@ def parse_network(label: str) -> dict:
     return keys
 
 
-def perfect_network_rows(table):
-    """The rows of a communication table (a DataFrame) for the perfect network (a table written before
-    the fault columns existed has only those)."""
-    if "drop_rate" not in table.columns:
-        return table
-    return table[(table["drop_rate"] == 0) & (table["absent_rate"] == 0)]
-
-
 def row_topologies(row: Mapping[str, Any]) -> list[str]:
     """A row's `topology` column values: each graph at each of its drop and absent rates."""
     return [network_label(t, d, a) for t in as_list(row["topology"]) for d in as_list(row.get("drop_rate", 0.0))

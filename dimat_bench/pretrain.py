@@ -19,7 +19,8 @@ import torch
 from . import config as cfg
 from .checkpoint import AgentsCheckpoint, save_agents
 from .data import DataConfig, balanced_subset, device_datasets, load_dataset
-from .devices import PRECISIONS, allow_tf32, check_device, check_environment, resolve_device, resolve_precision
+from .devices import (PRECISIONS, allow_tf32, check_device, check_environment, precision_basis, resolve_device,
+                      resolve_precision)
 from .models import check_model_name, create_model
 from .population import OPTIMIZERS, OptimizerSpec, Population, derive_seed
 from .registry import ConfigError
@@ -112,6 +113,7 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
         split = create_split(config.split, dataset.y_train[train_index], info.num_classes, config.agents,
                              seed=derive_seed(config.seed, "split"), **config.split_options())
         meta = provenance(cfg.to_dict(config), device, precision=precision)
+        meta["device"] |= precision_basis(device)
         meta["data"] = {"cache": str(dataset.path), "fingerprint": dataset.fingerprint,
                         "train_images": len(train_index),
                         "test_images": len(dataset.y_test) if test_index is None else len(test_index)}

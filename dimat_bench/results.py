@@ -389,12 +389,6 @@ def device_description(device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
-    else:  # what `precision: auto` decides from on a CPU
-        from .devices import cpu_has_native_bf16
-
-        info["native_bf16"] = cpu_has_native_bf16()
-        if "DIMAT_BENCH_CPU_PRECISION" in os.environ:
-            info["cpu_precision_override"] = os.environ["DIMAT_BENCH_CPU_PRECISION"]
     return info
 
 

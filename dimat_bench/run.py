@@ -26,7 +26,8 @@ from . import config as cfg
 from . import final_merge
 from .checkpoint import AgentsCheckpoint, CheckpointError, load_agents, save_agents
 from .data import ArrayDataset, DataError, balanced_subset, device_datasets, load_dataset
-from .devices import PRECISIONS, allow_tf32, check_device, check_environment, resolve_device, resolve_precision
+from .devices import (PRECISIONS, allow_tf32, check_device, check_environment, precision_basis, resolve_device,
+                      resolve_precision)
 from .methods import METHODS, LearningRateOptions, Method, MethodContext, create_method
 from .permutation import UnsupportedModel, permutation_spec
 from .population import Population
@@ -282,6 +283,7 @@ def build_cell(config: CellConfig) -> Cell:
         except UnsupportedModel as error:
             raise UnsupportedModel(f"final_merge: {error}; run this model with final_merge: false") from None
     meta = provenance(config.to_dict(), device, precision=precision)
+    meta["device"] |= precision_basis(device)
     meta["method"] = {"name": run.method, "family": method.family, "variant_of": method.variant_of,
                       "fixed": method.fixed, "options": type(config.options).__name__}
     meta["pretrained"] = {"path": str(run.pretrained), "config": pre, "code": ckpt.meta.get("code")}

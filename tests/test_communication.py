@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from dimat_bench import grid
+from dimat_bench.aggregate import perfect_network_rows
 from dimat_bench.communication import communication_table
 from dimat_bench.models import create_model
-from dimat_bench.plan import perfect_network_rows
 
 
 def test_gossip_sends_two_hundred_times_more_messages_than_merging_at_paper_scale():
