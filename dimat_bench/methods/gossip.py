@@ -163,9 +163,11 @@ class PushSum:
         self.undelivered: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step(self, push: torch.Tensor, params: torch.Tensor, grads: torch.Tensor, lr: float,
-             happened: Exchange | None = None) -> torch.Tensor:
+             happened: Exchange | None = None, push_params: torch.Tensor | None = None) -> torch.Tensor:
+        """`push` in float64 (it mixes the weights); `push_params`, the same matrix in the models'
+        dtype when the caller holds one (else converted here, every step)."""
         pushed = (self.weights.to(params.dtype) * params).add_(grads, alpha=-lr)  # x_i − η g(z_i), x_i = w_i z_i
-        mixed = push.to(pushed.dtype) @ pushed
+        mixed = (push.to(pushed.dtype) if push_params is None else push_params) @ pushed
         weights = push @ self.weights
         if self.resend and happened is not None:
             self._carry(happened, pushed, mixed, weights)
@@ -245,4 +247,4 @@ class SGP(GossipMethod):
         return support / support.sum(axis=0, keepdims=True)
 
     def step(self, params, grads, lr):
-        return self.push_sum.step(self.push, params, grads, lr, self.happened)
+        return self.push_sum.step(self.push, params, grads, lr, self.happened, push_params=self.mixing)
