@@ -161,8 +161,12 @@ def robustness_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         absent = f", {named['absent_rate']:g} absent" if named["absent_rate"] else ""
         return f"accuracy against lost messages: {setting_label(named | {'topology': named['graph']})}{absent}"
 
+    def name(named: dict) -> str:  # the absent rate only where agents were absent
+        values = [str(v) for k, v in named.items() if k != "absent_rate"]
+        return "_".join(values + ([f"absent{named['absent_rate']:g}"] if named["absent_rate"] else []))
+
     return _accuracy_against(frame, keys, "drop_rate", "drop rate (each message lost with this probability)",
-                             title, Path(out_dir) / "robustness")
+                             title, Path(out_dir) / "robustness", name)
 
 
 def spectral_gap_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
@@ -180,9 +184,10 @@ def spectral_gap_figure(final: pd.DataFrame, out_dir: str | Path) -> list[Path]:
                              Path(out_dir) / "spectral_gap")
 
 
-def _accuracy_against(frame: pd.DataFrame, keys: list[str], x: str, xlabel: str, title, prefix: Path) -> list[Path]:
+def _accuracy_against(frame: pd.DataFrame, keys: list[str], x: str, xlabel: str, title, prefix: Path,
+                      name=lambda named: "_".join(str(v) for v in named.values())) -> list[Path]:
     """One figure per group of `keys` whose cells take at least two values of `x`: final accuracy at
-    the paper's point against `x` (`_method_lines`), saved as `prefix`_<group values>."""
+    the paper's point against `x` (`_method_lines`), saved as `prefix`_`name(group)` (its values)."""
     plt = _pyplot()
     written = []
     for setting, group in frame.groupby(keys, sort=True):
@@ -192,7 +197,7 @@ def _accuracy_against(frame: pd.DataFrame, keys: list[str], x: str, xlabel: str,
         _method_lines(ax, group, x)
         ax.set_xlabel(xlabel)
         ax.set_title(title(dict(zip(keys, setting))), fontsize=9)
-        written += save(fig, prefix.with_name(prefix.name + "_" + "_".join(str(v) for v in setting)))
+        written += save(fig, prefix.with_name(prefix.name + "_" + name(dict(zip(keys, setting)))))
         plt.close(fig)
     return written
 

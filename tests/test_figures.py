@@ -148,10 +148,14 @@ def test_the_robustness_figure_draws_each_methods_mean_over_seeds_against_the_dr
     final = synthetic_final({"ring": (0.46, {"wa": [0.30, 0.32], "sgp": [0.20, 0.22]}),
                              "ring-drop0.3": (0.46, {"wa": [0.25, 0.27], "sgp": [0.10, 0.14]}),
                              "ring-drop0.5": (0.46, {"wa": [0.20, 0.20], "sgp": [0.05, 0.07]}),
-                             "fc": (1.0, {"wa": [0.4, 0.4], "sgp": [0.3, 0.3]})})
+                             "fc": (1.0, {"wa": [0.4, 0.4], "sgp": [0.3, 0.3]}),
+                             "ring-absent0.1": (0.46, {"wa": [0.3, 0.3]}),
+                             "ring-drop0.3-absent0.1": (0.46, {"wa": [0.2, 0.2]})})
     written = figures.robustness_figure(final, tmp_path)
-    assert [p.name for p in written] == ["robustness_cifar10_resnet20_1_5_iid_ring_0.0"]  # fc runs one rate: none
-    [fig] = captured.values()
+    # fc runs one rate: none; the absent rate names a figure only where agents were absent
+    assert [p.name for p in written] == ["robustness_cifar10_resnet20_1_5_iid_ring",
+                                         "robustness_cifar10_resnet20_1_5_iid_ring_absent0.1"]
+    fig = captured["robustness_cifar10_resnet20_1_5_iid_ring"]
     drawn = lines(fig)
     np.testing.assert_allclose(drawn["wa"].get_xdata(), [0, 0.3, 0.5])
     np.testing.assert_allclose(drawn["wa"].get_ydata(), [31, 26, 20], rtol=1e-12)
