@@ -353,9 +353,11 @@ def precision_note(cells: Iterable[Mapping]) -> str:
     """How the cells' forward passes ran, from the `precision` their meta.json records (a table's
     `cell_provenance`): one phrase when all agree, else the count of each; '' when none recorded it."""
     counts = Counter(c.get("precision") for c in cells if c.get("precision"))
+    if not counts:
+        return ""
     if len(counts) == 1:
         return PRECISIONS.get(next(iter(counts)), f"precision {next(iter(counts))}")
-    return "forward passes " + ", ".join(f"in {p} in {n} cells" for p, n in sorted(counts.items())) if counts else ""
+    return "forward passes " + ", ".join(f"in {p} in {n} cell{'s' * (n != 1)}" for p, n in sorted(counts.items()))
 
 
 PRETRAINING = {"shared": "all seeds start from seed 0's pretrained agents (the authors' protocol)",
@@ -400,7 +402,7 @@ def to_latex(table: pd.DataFrame, caption_text: str = "") -> str:
 
 
 def perfect_network_rows(table):
-    """The rows of a communication table  for the perfect network (a table written before
+    """The rows of a communication table (a DataFrame) for the perfect network (a table written before
     the fault columns existed has only those)."""
     if "drop_rate" not in table.columns:
         return table

@@ -330,7 +330,7 @@ def test_the_caption_names_the_precision_the_cells_ran_in():
     fp32, bf16 = {"path": "a", "precision": "fp32"}, {"path": "b", "precision": "bf16"}
     assert precision_note([fp32, dict(fp32, path="c")]) == PRECISIONS["fp32"]
     assert precision_note([bf16, {"path": "failed", "precision": None}]) == PRECISIONS["bf16"]
-    assert precision_note([fp32, bf16, dict(bf16, path="c")]) == "forward passes in bf16 in 2 cells, in fp32 in 1 cells"
+    assert precision_note([fp32, bf16, dict(bf16, path="c")]) == "forward passes in bf16 in 2 cells, in fp32 in 1 cell"
     assert precision_note([{"path": "failed"}]) == ""
     assert caption("paper", "shared", [3], precision_note([bf16])).count("bf16 autocast") == 1
     assert "autocast" not in caption("paper", "shared", [3], "")
