@@ -13,6 +13,7 @@ include: "workflow/rules/preflight.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/cells.smk"
+include: "workflow/rules/restore.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
@@ -26,3 +27,4 @@ rule all:
         rules.communication.output,
         rules.claims.output,
         rules.figures.output,
+        all_records(),  # every pretraining's metadata without its weights (what `publish` bundles)

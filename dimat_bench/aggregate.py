@@ -17,8 +17,9 @@ from typing import Iterable, Iterator, Mapping
 
 import pandas as pd
 
+from .bundle import CELL_FILES, machine_text, restored_origin
 from .plan import CELL_KEYS, network_label, union_pretraining
-from .results import CELL_METRIC_COLUMNS
+from .results import CELL_METRIC_COLUMNS, damaged_files
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
 POINTS = {
@@ -52,7 +53,9 @@ def cell_settings(meta: dict) -> dict:
             "pretrain_seed": pre["seed"], "epochs_per_round": run["epochs_per_round"]}
 
 
-STATUSES = ("complete", "diverged", "failed", "missing")  # what a cell can be, best first
+# What a cell can be, best first. Damaged: a file the tables read changed after its job completed
+# (its SHA-256 is not the one the job's marker records: a bad copy, half a metrics.csv).
+STATUSES = ("complete", "diverged", "failed", "damaged", "missing")
 
 
 def read_meta(directory: Path) -> dict | None:
@@ -60,6 +63,24 @@ def read_meta(directory: Path) -> dict | None:
         return json.loads((Path(directory) / "meta.json").read_text())
     except FileNotFoundError:
         return None
+
+
+def damage(directory: Path, meta: dict | None) -> str:
+    """'' when the files the tables read of an existing cell are as its job wrote them, else what changed."""
+    if meta is None and not (Path(directory) / "meta.json").exists() and not Path(directory).exists():
+        return ""
+    failed = isinstance(meta, dict) and meta.get("status") == "failed"
+    return damaged_files(directory, ["meta.json"] if failed else CELL_FILES)
+
+
+def read_cell(directory: Path) -> tuple[dict | None, str]:
+    """(meta.json, '') for a cell the tables may read; (None, what is wrong) for a damaged one."""
+    try:
+        meta = read_meta(directory)
+    except (OSError, ValueError):
+        meta = None
+    found = damage(directory, meta)
+    return (None, found) if found else (meta, "")
 
 
 def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | None = None) -> pd.DataFrame:
@@ -73,14 +94,15 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
         raise ValueError(f"{len(cell_dirs)} cell directories but {len(expected)} expected cells")
     rows, fingerprints = [], {}
     for directory, cell in zip(cell_dirs, expected):
-        meta = read_meta(directory)
-        status = "missing" if meta is None else meta.get("status", "complete")
-        if status in ("missing", "failed"):
+        meta, damaged = read_cell(directory)
+        status = "damaged" if damaged else "missing" if meta is None else meta.get("status", "complete")
+        restored = origin_text(directory)
+        if status in ("missing", "failed", "damaged"):
             if cell is None:
                 raise ValueError(f"{directory}: a {status} cell; pass the grid's cells to name its settings")
-            detail = "no output" if meta is None else meta.get("error", "")
+            detail = damaged or ("no output" if meta is None else meta.get("error", ""))
             rows.append({k: cell[k] for k in CELL_KEYS} | {"status": status, "detail": detail, "path": str(directory),
-                                                            "spectral_gap": float("nan")})
+                                                            "spectral_gap": float("nan"), "restored": restored})
             continue
         settings = {k: cell_settings(meta)[k] for k in CELL_KEYS}
         if cell is not None and any(str(settings[k]) != str(cell[k]) for k in CELL_KEYS):
@@ -91,8 +113,14 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
                   if diverged else "")
         gap = (meta.get("topology") or {}).get("spectral_gap")  # 1 − |λ₂| (a time-varying graph: expected)
         rows.append(settings | {"status": status, "detail": detail, "path": str(directory),
-                                "spectral_gap": float("nan") if gap is None else float(gap)})
-    return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path", "spectral_gap"])
+                                "spectral_gap": float("nan") if gap is None else float(gap), "restored": restored})
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path", "spectral_gap", "restored"])
+
+
+def origin_text(directory: Path) -> str:
+    """Where a restored cell came from ("bundle/cpu (computed at 1a2b3c4 on ...)"), '' for a computed one."""
+    origin = restored_origin(directory)
+    return f"{origin['bundle']} ({machine_text(origin)})" if origin else ""
 
 
 def check_fingerprint(seen: dict, dataset: str, meta: dict, directory: Path) -> None:
@@ -112,7 +140,7 @@ def collect_cells(cell_dirs: Iterable[str | Path]) -> pd.DataFrame:
     frames, seen = [], {}
     for directory in cell_dirs:
         directory = Path(directory)
-        meta = read_meta(directory)
+        meta, _ = read_cell(directory)  # a damaged cell is never read (cell_status lists it)
         if meta is None or meta.get("status") == "failed":
             continue
         settings = cell_settings(meta)
@@ -410,8 +438,23 @@ def perfect_network_rows(table):
 
 
 def cell_provenance(cell_dirs: Iterable[str | Path]) -> list[dict]:
-    """Each cell's path, the code version that computed it and the precision of its forward passes
-    (a table's provenance lists them)."""
-    metas = [(d, read_meta(Path(d)) or {}) for d in cell_dirs]
-    return [{"path": str(d), "code": meta.get("code"), "precision": meta.get("precision")} for d, meta in metas]
+    """Each cell's path, the code version that computed it, the precision of its forward passes and,
+    for a restored cell, where from (the bundle, the commit and machine that computed it; a table's
+    provenance lists them)."""
+    metas = [(d, read_cell(Path(d))[0] or {}) for d in cell_dirs]
+    return [{"path": str(d), "code": meta.get("code"), "precision": meta.get("precision"),
+             "restored": restored_origin(d)} for d, meta in metas]
+
+
+def restored_note(cells: Iterable[Mapping]) -> str:
+    """Which cells of a table were restored and from where (a table's `cell_provenance`), e.g. "138 of
+    144 cells restored from bundle/cpu (computed at 1a2b3c4 on AMD EPYC 9B14, 2 threads), 6 computed
+    here"; '' when none was."""
+    cells = list(cells)
+    origins = Counter(f"{c['restored']['bundle']} ({machine_text(c['restored'])})" for c in cells if c.get("restored"))
+    if not origins:
+        return ""
+    restored = sum(origins.values())
+    where = "; ".join(f"{n} from {origin}" if len(origins) > 1 else f"from {origin}" for origin, n in origins.items())
+    return f"{restored} of {len(cells)} cells restored {where}, {len(cells) - restored} computed here"
 

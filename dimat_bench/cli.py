@@ -6,6 +6,7 @@
   plan      check a pipeline config file (YAML, schema, every cell and split) and say what it plans
   estimate  what a pipeline config will cost: images per phase, FLOPs, wall time here, GPU-hours
   catalogue check (or --write) dimat_bench/catalogue.json, what the torch-free planner knows of the engine
+  publish   write a grid's results bundle (every cell's metrics and metadata, no weights) from its results
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(argv: list[str]) -> int:
-    own = {"plan": plan, "estimate": estimate, "catalogue": catalogue}
+    own = {"plan": plan, "estimate": estimate, "catalogue": catalogue, "publish": publish}
     if argv[:1] and argv[0] in own:
         return own[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
@@ -216,4 +217,29 @@ def catalogue(argv: list[str]) -> int:
               "run `python -m dimat_bench catalogue --write`", file=sys.stderr)
         return 1
     print(f"{CATALOGUE_FILE}: up to date")
+    return 0
+
+
+def publish(argv: list[str]) -> int:
+    """`publish RESULTS`: write a grid's results bundle from its results folder (dimat_bench/bundle.py)."""
+    from . import bundle
+
+    parser = argparse.ArgumentParser(prog="python -m dimat_bench publish", description=bundle.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="the grid's results folder (its results_dir), after the pipeline ran")
+    parser.add_argument("--out", metavar="DIR", help="the bundle folder (default: bundle/<the results folder's name>)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing bundle, and publish cells computed from a dirty tree")
+    parser.add_argument("--quiet", action="store_true", help="no summary line")
+    args = parser.parse_args(argv)
+    out = args.out or f"bundle/{Path(args.results).resolve().name}"
+    try:
+        bundle.publish(args.results, out, force=args.force, progress=not args.quiet)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {error.filename or out}: {(error.strerror or str(error)).lower()}; nothing was published",
+              file=sys.stderr)
+        return 1
     return 0

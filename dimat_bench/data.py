@@ -1,5 +1,6 @@
 """Image datasets: one validated `.npz` cache per dataset, the `data` command that fetches and
-fingerprints it, class-balanced subsets, and device-resident batches with batched augmentation.
+fingerprints it, recorded subsets (`data_subset`) derived from the official files, class-balanced
+subsets, and device-resident batches with batched augmentation.
 
 Cache layout (the same as `shared/data/README.md`): uint8 `x_train`/`x_test` (N, H, W, 3) RGB,
 integer `y_train`/`y_test` (N,), and `classes` (C,) names. Extra keys are kept but ignored.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 import urllib.request
 import zipfile
@@ -23,6 +25,8 @@ import torch.nn.functional as F
 from . import config as cfg
 from .registry import ConfigError, Registry
 from .results import OutputLock, atomic_path, check_output_path, provenance, write_json
+from .subsets import FORMAT as SUBSET_FORMAT
+from .subsets import subset_problem, subset_record
 
 
 class DataError(RuntimeError):
@@ -150,6 +154,7 @@ class ArrayDataset:
     y_test: np.ndarray
     classes: np.ndarray
     path: Path | None = None
+    subset: str | None = None  # the recorded subset (`data_subset`) this cache was chosen as
 
     @property
     def fingerprint(self) -> str:
@@ -244,9 +249,28 @@ def read_cache(path: str | os.PathLike, info: DatasetInfo) -> dict[str, np.ndarr
     return arrays
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) -> ArrayDataset:
-    """Load `name` from its cache in `data_dir`; without a cache, download, convert and write it."""
+def check_data_subset(dataset: str, subset: str | None, field: str = "data_subset") -> None:
+    """ConfigError unless `subset` is None or a recorded subset of `dataset` (dimat_bench/subsets/)."""
+    problem = subset_problem(dataset, subset)
+    if problem:
+        raise ConfigError(field, subset, *problem)
+
+
+def _array_dataset(info: DatasetInfo, arrays: dict[str, np.ndarray], path: Path,
+                   subset: str | None = None) -> ArrayDataset:
+    return ArrayDataset(info, arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
+                        arrays["y_test"].astype(np.int64), arrays["classes"], path, subset)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True,
+                 subset: str | None = None) -> ArrayDataset:
+    """Load `name` from its cache in `data_dir`; without a cache, download, convert and write it.
+    With `subset` (a recorded subset, `dimat_bench.subsets`), the first of `<name>-<subset>.npz`,
+    `<name>.npz` and the aliases whose content fingerprint is the recorded one; without one, the
+    subset derived from a full official download, written as `<name>-<subset>.npz`."""
     info = DATASETS.get(name)
+    if subset is not None:
+        return load_subset(info, data_dir, subset, download)
     path = find_cache(name, data_dir)
     if path is None:
         target = cache_path(name, data_dir)
@@ -267,9 +291,251 @@ def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) 
                 f"({type(error).__name__}: {error}). Put the .npz file there or point --data-dir at it"
             ) from error
         path = target
+    return _array_dataset(info, read_cache(path, info), path)
+
+
+def load_subset(info: DatasetInfo, data_dir: str | os.PathLike, subset: str, download: bool) -> ArrayDataset:
+    """`load_dataset` with a recorded subset: a cache is the subset iff its content fingerprint is
+    the recorded one (a file's bytes are not its identity: zip timestamps differ between writes)."""
+    check_data_subset(info.name, subset)
+    record = subset_record(info.name, subset)
+    wanted, data_dir = record["fingerprint"], Path(data_dir)
+    target = data_dir / f"{info.name}-{subset}.npz"
+    names = list(dict.fromkeys((target.name, f"{info.name}.npz", *info.file_aliases)))
+    found = []
+    for file_name in names:
+        path = data_dir / file_name
+        if path.exists():
+            dataset = _array_dataset(info, read_cache(path, info), path, subset)
+            if dataset.fingerprint == wanted:
+                return dataset
+            found.append(f"{file_name} has fingerprint {dataset.fingerprint[:19]}…")
+    seen = "; ".join(found) if found else f"no cache file: looked for {', '.join(names)}"
+    what = f"no cache in {data_dir} holds the {subset} subset of {info.name} ({seen}, recorded {wanted[:19]}…)"
+    if not download:
+        raise DataError(f"data_dir: {what} and downloading is off")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix=f".download-{info.name}-") as workdir:
+            download_official(info.name, Path(workdir))
+            write_cache(derive_arrays(record, workdir), target)
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"data_dir: {what} and downloading the official {info.name} failed "
+                        f"({type(error).__name__}: {error}). Put {target.name} there or point --data-dir at it"
+                        ) from error
+    return _array_dataset(info, read_cache(target, info), target, subset)
+
+
+# --- Recorded subsets (dimat_bench/subsets/): record one from a cache, derive it from the official files.
+
+
+@dataclass(frozen=True)
+class OfficialFormat:
+    """The official python version of a CIFAR dataset, the folder torchvision's `CIFAR10(root,
+    download=True)` / `CIFAR100(...)` extracts under root: pickled batches of b'data' (N x 3072
+    uint8, channel-planar: 1024 R, 1024 G, 1024 B, each row-major 32 x 32), labels and b'filenames'."""
+
+    torchvision_name: str
+    folder: str
+    batches: tuple[tuple[str, tuple[str, ...]], ...]  # (split, its batch files in order)
+    label_key: bytes
+    meta_file: str
+    meta_key: bytes  # the class names, in label order
+    coarse_label_key: bytes | None = None
+    coarse_meta_key: bytes | None = None
+
+
+OFFICIAL: dict[str, OfficialFormat] = {
+    "cifar10": OfficialFormat("CIFAR10", "cifar-10-batches-py",
+                              (("train", tuple(f"data_batch_{i}" for i in range(1, 6))), ("test", ("test_batch",))),
+                              b"labels", "batches.meta", b"label_names"),
+    "cifar100": OfficialFormat("CIFAR100", "cifar-100-python", (("train", ("train",)), ("test", ("test",))),
+                               b"fine_labels", "meta", b"fine_label_names", b"coarse_labels", b"coarse_label_names"),
+}
+
+SUBSET_KEY = ("an image's official key is '<class>/<file name>': the class name of its official label and its "
+              "b'filenames' entry in the official python batches, unique per split (the file name alone is not: "
+              "CIFAR-100's test set holds baby_s_000223.png as a baby and as a girl)")
+
+
+def download_official(name: str, workdir: Path) -> Path:
+    """Download and extract the official python version of `name` into `workdir` (torchvision);
+    returns its folder."""
+    import torchvision
+
+    fmt = OFFICIAL[name]
+    getattr(torchvision.datasets, fmt.torchvision_name)(root=str(workdir), train=True, download=True)
+    return Path(workdir) / fmt.folder
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle, encoding="bytes")
+    except Exception as error:
+        raise DataError(f"{path}: not a readable official batch ({type(error).__name__}: {error})") from error
+
+
+def read_official(name: str, official_dir: str | os.PathLike) -> dict[str, dict]:
+    """The official batches under `official_dir` (the folder holding `cifar-10-batches-py/` or
+    `cifar-100-python/`): per split, `data` (N, 3072) uint8, `labels` int64, `filenames` (str),
+    `coarse` int64 or None, and `classes` / `classes_coarse` from the meta file (None without one)."""
+    fmt = OFFICIAL[name]
+    folder = Path(official_dir) / fmt.folder
+    if not folder.is_dir():
+        raise DataError(f"{official_dir}: no {fmt.folder}/ (the official python version of {name}, as "
+                        f"torchvision's {fmt.torchvision_name}(root, download=True) extracts it)")
+    meta = _unpickle(folder / fmt.meta_file) if (folder / fmt.meta_file).exists() else {}
+    names = lambda key: [n.decode() for n in meta[key]] if key in meta else None  # noqa: E731
+    splits = {}
+    for part, files in fmt.batches:
+        batches = []
+        for file_name in files:
+            batch = _unpickle(folder / file_name)
+            wanted = [b"data", fmt.label_key, b"filenames"] + ([fmt.coarse_label_key] if fmt.coarse_label_key else [])
+            if any(key not in batch for key in wanted):
+                raise DataError(f"{folder / file_name}: an official batch holds {wanted}; this one {sorted(batch)}")
+            batches.append(batch)
+        data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8).reshape(len(b[b"data"]), -1) for b in batches])
+        splits[part] = {
+            "data": data,
+            "labels": np.concatenate([np.asarray(b[fmt.label_key], dtype=np.int64) for b in batches]),
+            "filenames": [f.decode() if isinstance(f, bytes) else str(f) for b in batches for f in b[b"filenames"]],
+            "coarse": (np.concatenate([np.asarray(b[fmt.coarse_label_key], dtype=np.int64) for b in batches])
+                       if fmt.coarse_label_key else None),
+        }
+    splits["classes"] = names(fmt.meta_key)
+    splits["classes_coarse"] = names(fmt.coarse_meta_key) if fmt.coarse_meta_key else None
+    return splits
+
+
+def record_subset(npz_path: str | os.PathLike, dataset: str, name: str = "shared", description: str = "") -> dict:
+    """The record of the cache `npz_path` as subset `name` of `dataset` (`dimat_bench.subsets`): its
+    content fingerprint, and per split the official key of every image in row order, read from the
+    cache's `files_<split>` ('<class>/<file name>', the shared caches' naming). Write it with
+    `dimat_bench.subsets.write_record`; tools/record-subset records the shared caches."""
+    if dataset not in OFFICIAL:
+        raise ConfigError("dataset", dataset, ", ".join(OFFICIAL), "a subset is recorded against the official "
+                          "python batches, which only CIFAR has")
+    info, path, fmt = DATASETS.get(dataset), Path(npz_path), OFFICIAL[dataset]
     arrays = read_cache(path, info)
-    return ArrayDataset(info, arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
-                        arrays["y_test"].astype(np.int64), arrays["classes"], path)
+    coarse = fmt.coarse_label_key is not None and "classes_coarse" in arrays
+    known = {*REQUIRED_KEYS, "files_train", "files_test"} | (
+        {"y_train_coarse", "y_test_coarse", "classes_coarse"} if coarse else set())
+    unknown = [key for key in arrays if key not in known]
+    if unknown:
+        raise DataError(f"{path}: key(s) {unknown} cannot be derived from the official batches "
+                        f"(a recorded {dataset} cache holds {sorted(known)})")
+    classes = [str(c) for c in arrays["classes"].tolist()]
+    images = {}
+    for part in ("train", "test"):
+        if f"files_{part}" not in arrays:
+            raise DataError(f"{path}: no files_{part}: a record names each image by its source file")
+        files = [str(f) for f in arrays[f"files_{part}"].tolist()]
+        for file, label in zip(files, arrays[f"y_{part}"].tolist()):
+            folder, _, file_name = file.partition("/")
+            if folder != classes[label] or not file_name or "/" in file_name:
+                raise DataError(f"{path}: files_{part} entry {file!r} is not '<class>/<file name>' of its label "
+                                f"{label} ({classes[label]})")
+        if len(set(files)) != len(files):
+            twice = sorted({f for f in files if files.count(f) > 1})[:3]
+            raise DataError(f"{path}: files_{part} names the same official image twice ({', '.join(twice)})")
+        images[part] = files
+    record = {
+        "format": SUBSET_FORMAT, "name": name, "dataset": dataset, "fingerprint": fingerprint(arrays),
+        "source": {"file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
+                   "description": description},
+        "keys": list(arrays), "dtypes": {key: value.dtype.str for key, value in arrays.items()},
+        "counts": {part: len(files) for part, files in images.items()},
+        "classes": classes,
+    }
+    if coarse:
+        record["classes_coarse"] = [str(c) for c in arrays["classes_coarse"].tolist()]
+        coarse_of_fine = []
+        for c in range(len(classes)):
+            found = np.unique(np.concatenate([arrays[f"y_{p}_coarse"][arrays[f"y_{p}"] == c] for p in images]))
+            if len(found) != 1:
+                raise DataError(f"{path}: class {classes[c]} has coarse label(s) {found.tolist()}; expected one")
+            coarse_of_fine.append(int(found[0]))
+        record["coarse_of_fine"] = coarse_of_fine
+    record["official"] = {"folder": fmt.folder, "batches": {part: list(files) for part, files in fmt.batches},
+                          "key": SUBSET_KEY}
+    record["images"] = images
+    return record
+
+
+def _official_rows(wanted: list[str], classes: list[str], batch: dict, what: str, where: str,
+                   official_dir) -> np.ndarray:
+    """The row of each recorded key ('<class>/<file name>') in the official `batch`; DataError when
+    one is missing or occurs twice."""
+    position = {key: i for i, key in enumerate(wanted)}
+    rows = np.full(len(wanted), -1, dtype=np.int64)
+    twice = []
+    for row, (label, file_name) in enumerate(zip(batch["labels"].tolist(), batch["filenames"])):
+        i = position.get(f"{classes[label]}/{file_name}") if 0 <= label < len(classes) else None
+        if i is not None:
+            if rows[i] >= 0:
+                twice.append(wanted[i])
+            rows[i] = row
+    missing = [wanted[i] for i in np.flatnonzero(rows < 0)]
+    if missing:
+        raise DataError(f"{official_dir}: {len(missing)} of the {len(wanted)} {what}s of {where} are not in the "
+                        f"official batches ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); is it a "
+                        "complete official download?")
+    if twice:
+        raise DataError(f"{official_dir}: {len(twice)} {what}(s) of {where} are ambiguous, their '<class>/<file "
+                        f"name>' occurring more than once in the official batches ({', '.join(sorted(set(twice))[:3])})")
+    return rows
+
+
+def derive_arrays(record: dict, official_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a recorded subset, picked from the official batches under `official_dir` in the
+    recorded order: equal (values and dtypes) to the cache it was recorded from. DataError, naming
+    the subset, when a recorded image is missing or ambiguous, or the result's fingerprint is not
+    the recorded one."""
+    dataset, where = record["dataset"], f"the {record['name']} subset of {record['dataset']}"
+    info, dtypes, classes = DATASETS.get(dataset), record["dtypes"], record["classes"]
+    official = read_official(dataset, official_dir)
+    for key in ("classes", "classes_coarse"):
+        if official[key] is not None and key in record and official[key] != record[key]:
+            raise DataError(f"{official_dir}: the official {key} {official[key][:3]}… are not those of {where} "
+                            f"{record[key][:3]}…")
+    out: dict[str, np.ndarray] = {}
+    for part, wanted in record["images"].items():
+        batch = official[part]
+        rows = _official_rows(wanted, classes, batch, f"{part} image", where, official_dir)
+        size = info.image_size
+        x = batch["data"][rows].reshape(len(rows), 3, size, size).transpose(0, 2, 3, 1)
+        out[f"x_{part}"] = np.ascontiguousarray(x, dtype=np.dtype(dtypes[f"x_{part}"]))
+        out[f"y_{part}"] = batch["labels"][rows].astype(dtypes[f"y_{part}"])
+        if f"files_{part}" in dtypes:
+            out[f"files_{part}"] = np.asarray(wanted, dtype=dtypes[f"files_{part}"])
+        if f"y_{part}_coarse" in dtypes:
+            y_coarse = batch["coarse"][rows]
+            expected = np.asarray(record["coarse_of_fine"])[out[f"y_{part}"]]
+            if not np.array_equal(y_coarse, expected):
+                bad = wanted[int(np.flatnonzero(y_coarse != expected)[0])]
+                raise DataError(f"{official_dir}: the official coarse labels of {where} are not the recorded "
+                                f"ones (first: {bad})")
+            out[f"y_{part}_coarse"] = y_coarse.astype(dtypes[f"y_{part}_coarse"])
+    for key in ("classes", "classes_coarse"):
+        if key in dtypes:
+            out[key] = np.asarray(record[key], dtype=dtypes[key])
+    arrays = {key: out[key] for key in record["keys"]}  # the recorded cache's key order
+    validate_arrays(arrays, info, f"derived {where}")
+    got = fingerprint(arrays)
+    if got != record["fingerprint"]:
+        raise DataError(f"{official_dir}: {where} derived from these official batches has fingerprint {got[:19]}…, "
+                        f"recorded {record['fingerprint'][:19]}…")
+    return arrays
+
+
+def derive_subset(dataset: str, name: str, official_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """`derive_arrays` of the recorded subset `name` of `dataset` (dimat_bench/subsets/)."""
+    check_data_subset(dataset, name)
+    return derive_arrays(subset_record(dataset, name), official_dir)
 
 
 @dataclass
@@ -279,6 +545,13 @@ class DataConfig:
     dataset: str = cfg.option("cifar10", "dataset", choices=DATASETS.names)
     data_dir: str = cfg.option("resources/data", "folder with the <dataset>.npz caches (downloaded when missing)")
     download: bool = cfg.option(True, "download and convert a dataset whose cache is missing")
+    data_subset: str | None = cfg.option(
+        None, "a recorded subset of the dataset (dimat_bench/subsets/): none = the whole cache or download; shared = "
+              "the images the CPU grids run on (the shared cifar10/cifar100 caches), read from the first cache in "
+              "data_dir with its content fingerprint, else derived from a full official download")
+
+    def __post_init__(self) -> None:  # the allowed names depend on the dataset; PretrainConfig's check too
+        check_data_subset(self.dataset, self.data_subset)
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -291,23 +564,25 @@ def sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 def prepare_data(config: DataConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
     """The `data` command: cache `config.dataset` in `config.data_dir` (downloading and converting it
-    when absent), validate it, and write the manifest `out` (JSON: the cache's path, bytes, SHA-256
-    and image counts). The pipeline runs it once per dataset before any pretraining, so parallel
-    pretraining jobs never download the same dataset twice."""
+    when absent; with `data_subset`, the recorded subset, derived from a download when no cache
+    holds it), validate it, and write the manifest `out` (JSON: the cache's path, bytes, SHA-256,
+    image counts, content fingerprint and subset). The pipeline runs it once per dataset before any
+    pretraining, so parallel pretraining jobs never download the same dataset twice."""
     out = Path(out)
     check_output_path(out, force, what="manifest file")
-    dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+    dataset = load_dataset(config.dataset, config.data_dir, download=config.download, subset=config.data_subset)
     manifest = provenance(cfg.to_dict(config), "cpu")
     manifest["cache"] = {"path": str(dataset.path), "bytes": dataset.path.stat().st_size,
                          "sha256": sha256(dataset.path), "train_images": len(dataset.y_train),
                          "test_images": len(dataset.y_test), "classes": len(dataset.classes),
-                         "fingerprint": dataset.fingerprint}
+                         "fingerprint": dataset.fingerprint, "subset": config.data_subset}
     with OutputLock(out):
         check_output_path(out, force, what="manifest file")  # again, under the lock
         write_json(out, manifest)
     if progress:
+        subset = f", the {config.data_subset} subset" if config.data_subset else ""
         print(f"{config.dataset}: {dataset.path} ({len(dataset.y_train)} train / {len(dataset.y_test)} test "
-              f"images) -> {out}")
+              f"images{subset}) -> {out}")
     return out
 
 

@@ -142,14 +142,27 @@ def catalogue() -> dict:
 @functools.lru_cache(maxsize=4)
 def _catalogue(methods: tuple[str, ...], models: tuple[str, ...]) -> dict:
     run_defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    methods = {name: {"family": METHODS.get(name).family, "variant_of": METHODS.get(name).variant_of,
-                      "pretraining": METHODS.get(name).pretraining, "settable": sorted(METHODS.get(name).settable_keys())}
-               for name in methods}
+    methods = {name: method_catalogue(name) for name in methods}
     return {"about": "written by `python -m dimat_bench catalogue --write` from the engine's registries; "
                      "tests/test_plan.py checks it (docs/engine.md#layers)",
             "run_keys": {key: run_defaults[key] for key in RUN_KEYS}, "cell_keys": list(CellConfig.keys()),
-            "pretrain_keys": cfg.keys(PretrainConfig), "methods": methods, "datasets": DATASETS.names(),
+            "pretrain_keys": cfg.keys(PretrainConfig),
+            "pretrain_defaults": cfg.to_dict(cfg.from_dict(PretrainConfig, {})), "methods": methods, "datasets": DATASETS.names(),
             "splits": SPLITS.names(), "topologies": GRAPHS.names(), "models": list(models)}
+
+
+def method_catalogue(name: str) -> dict:
+    """What the planner knows of one method: its family, what it is a variant of, where it starts,
+    the options a config may set, its options resolved with none given (`defaults`: a variant's
+    fixed values in), and resolved under each preset it takes (`presets`), so that the planner
+    resolves a cell's whole config without the engine (`plan.resolved_cell`)."""
+    method = METHODS.get(name)
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(method.Options)}
+    presets = choices["preset"]() if choices.get("preset") else []
+    return {"family": method.family, "variant_of": method.variant_of, "pretraining": method.pretraining,
+            "settable": sorted(method.settable_keys()),
+            "defaults": dataclasses.asdict(method.build_options({})),
+            "presets": {preset: dataclasses.asdict(method.build_options({"preset": preset})) for preset in presets}}
 
 
 planner.LIVE_CATALOGUE = catalogue  # the planner, in this process, reads the registries themselves

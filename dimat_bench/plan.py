@@ -37,6 +37,11 @@ JOB_KEYS = {"pretrain": PRETRAIN_KEYS + ["union", "data_dir"],
 # A row's faults (docs/benchmark.md#networks-as-they-are) are part of its cells' `topology` column:
 # `ring-drop0.3-absent0.1` is the ring with 30 % of messages lost and 10 % of agents absent.
 FAULT_TAGS = {"drop_rate": "drop", "absent_rate": "absent"}
+# Where a grid's outputs go under its results_dir (the workflow's paths; a bundle keeps the same).
+PRETRAIN_PATH = "pretrain/{dataset}/{model}-w{width}/n{agents}/{split}/seed{seed}"
+UNION_PATH = PRETRAIN_PATH + "-union"  # one model on the union of the N agents' shards (`centralized` starts there)
+CELL_PATH = "cells/{dataset}/{model}-w{width}/n{agents}/{split}/seed{seed}/{topology}/{method}"
+RECORD_PATH = "records/{pretraining}"  # a pretraining's metadata without its weights (meta.json, class counts)
 CATALOGUE_FILE = Path(__file__).with_name("catalogue.json")
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
 ROOT = Path(__file__).resolve().parent.parent  # a checkout: Snakefile, config/, workflow/
@@ -122,6 +127,18 @@ def pretrain_seed(config: Mapping[str, Any], cell: Mapping[str, Any]) -> int:
     return 0 if config.get("pretrain_seeds", "per_seed") == "shared" else int(cell["seed"])
 
 
+def pretrain_path(config: Mapping[str, Any], cell: Mapping[str, Any]) -> str:
+    """The pretraining a cell starts from, under results_dir: its own seed's, or seed 0's when seeds
+    share one; the union's for a method that starts from one model on every agent's images."""
+    pattern = UNION_PATH if union_pretraining(cell["method"]) else PRETRAIN_PATH
+    return pattern.format(**{**cell, "seed": pretrain_seed(config, cell)})
+
+
+def cell_path(cell: Mapping[str, Any]) -> str:
+    """A cell's output directory under results_dir."""
+    return CELL_PATH.format(**cell)
+
+
 def method_entry(method: str) -> dict:
     methods = catalogue()["methods"]
     if method not in methods:
@@ -147,6 +164,38 @@ def run_options(config: Mapping[str, Any], method: str) -> dict:
 def run_setting(config: Mapping[str, Any], key: str):
     """A run key's value for every cell: the config's `run:` or the engine's default."""
     return config["run"].get(key, catalogue()["run_keys"][key])
+
+
+# Keys of a resolved config that say where files are or whether to fetch them, not what is computed:
+# a cell's identity leaves them out (moving data_dir restores and reruns nothing).
+LOCATION_KEYS = {"run": ("pretrained", "data_dir"), "pretrain": ("data_dir", "download")}
+
+
+def resolved_cell(config: Mapping[str, Any], cell: Mapping[str, Any]) -> dict:
+    """Every key of a cell's resolved config as the engine records it in meta.json (`config`), but
+    its locations (LOCATION_KEYS): the run keys' defaults, the method's options resolved (its
+    variant's fixed values, a preset's values), then what the job is given. Built from
+    `catalogue.json`, without the engine; `tests/test_bundle.py` checks it against the engine's own
+    resolution (`grid.cell_config`) for every cell of the shipped grids."""
+    method = cell["method"]
+    entry, known = method_entry(method), catalogue()
+    given = {**run_options(config, method), **parse_network(cell["topology"]), "method": method,
+             "seed": cell["seed"]}
+    preset = given.get("preset")
+    options = entry["presets"][preset] if preset in entry.get("presets", {}) else entry["defaults"]
+    resolved = {**known["run_keys"], **options, **given}
+    if resolved["batch_size"] is None:  # the engine records the pretraining's (run.build_cell)
+        resolved["batch_size"] = resolved_pretrain(config, cell)["batch_size"]
+    return {key: value for key, value in resolved.items() if key not in LOCATION_KEYS["run"]}
+
+
+def resolved_pretrain(config: Mapping[str, Any], cell: Mapping[str, Any]) -> dict:
+    """Every key of the resolved config of the pretraining a cell starts from (`pretrain_seed`, the
+    union for a method that starts from one model), but its locations."""
+    keys = {k: cell[k] for k in PRETRAIN_KEYS} | {"seed": pretrain_seed(config, cell),
+                                                   "union": union_pretraining(cell["method"])}
+    resolved = {**catalogue()["pretrain_defaults"], **(config.get("pretrain") or {}), **keys}
+    return {key: value for key, value in resolved.items() if key not in LOCATION_KEYS["pretrain"]}
 
 
 def flags(options: Mapping[str, Any]) -> str:

@@ -104,7 +104,7 @@ def pretrain(config: PretrainConfig, out: str | Path, force: bool = False, progr
         precision = resolve_precision(config.precision, device)
         check_environment(device)
         allow_tf32(device)
-        dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+        dataset = load_dataset(config.dataset, config.data_dir, download=config.download, subset=config.data_subset)
         info = dataset.info
         train_index = (np.arange(len(dataset.y_train)) if config.train_size is None
                        else balanced_subset(dataset.y_train, config.train_size, info.num_classes, "train_size"))

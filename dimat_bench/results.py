@@ -8,6 +8,7 @@ import csv
 import datetime as _dt
 import errno
 import glob
+import hashlib
 import io
 import json
 import os
@@ -283,6 +284,7 @@ class StagedDirectory:
         self.prefix = f".partial-{self.out.name}-{socket.gethostname()}-"
         self.path = self.out.parent / f"{self.prefix}{os.getpid()}"
         self.lock = OutputLock(self.out)
+        self.marker = {"command": sys.argv}  # what the marker records besides the files' SHA-256
 
     def __enter__(self) -> Path:
         self.lock.__enter__()
@@ -305,8 +307,7 @@ class StagedDirectory:
                 shutil.rmtree(self.path, ignore_errors=True)
                 return
             try:
-                with atomic_path(self.path / MARKER) as tmp:
-                    tmp.write_text(json.dumps({"complete": True, "command": sys.argv}) + "\n")
+                write_marker(self.path, self.marker)
                 if self.out.exists():
                     check_output_path(self.out, self.force)
                     shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
@@ -316,6 +317,61 @@ class StagedDirectory:
                 raise
         finally:
             self.lock.__exit__()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def directory_files(directory: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every file under `directory` but the marker, by path relative to it (sorted)."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MARKER)
+    return {p.relative_to(directory).as_posix(): file_sha256(p) for p in files}
+
+
+def write_marker(directory: str | os.PathLike, extra: Mapping | None = None) -> None:
+    """The marker that says `directory` is complete (written last): the SHA-256 of every file the
+    command wrote there, so that a file changed later (a bad copy, half a metrics.csv) is found
+    (`damaged_files`), and `extra` (the command; a restored cell's origin)."""
+    record = {"complete": True, **(extra or {}), "files": directory_files(directory)}
+    with atomic_path(Path(directory) / MARKER) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def read_marker(directory: str | os.PathLike) -> dict | None:
+    """A completed output's marker record, or None (absent or unreadable)."""
+    try:
+        record = json.loads((Path(directory) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def damaged_files(directory: str | os.PathLike, names: Iterable[str] | None = None) -> str:
+    """'' when every file (or each of `names`) the marker records still has its SHA-256, else what
+    is wrong, e.g. "metrics.csv changed after the cell completed (sha256 1a2b3c4d…, recorded 5e6f…)"."""
+    record = read_marker(directory)
+    if record is None:
+        return f"no {MARKER} marker (not written by a completed dimat-bench command)"
+    recorded = record.get("files")
+    if not isinstance(recorded, dict):
+        return f"its {MARKER} marker records no file hashes"
+    for name in (recorded if names is None else names):
+        path = Path(directory) / name
+        if name not in recorded:
+            return f"{name} is not among the files the marker records"
+        if not path.is_file():
+            return f"{name} is gone since it was written"
+        found = file_sha256(path)
+        if found != recorded[name]:
+            return f"{name} changed after it was written (sha256 {found[:12]}…, recorded {recorded[name][:12]}…)"
+    return ""
 
 
 def _alive(pid: int) -> bool:

@@ -264,7 +264,8 @@ def build_cell(config: CellConfig) -> Cell:
     check_pretraining(run.method, bool(pre.get("union")), run.pretrained)
     topology = (create_topology(run.topology, len(ckpt.states), run.mixing, run.seed, **run.topology_options())
                 if len(ckpt.states) > 1 else ALONE)  # one model: no graph (the row's topology names the column)
-    dataset = load_dataset(pre["dataset"], run.data_dir or pre["data_dir"], download=pre.get("download", True))
+    dataset = load_dataset(pre["dataset"], run.data_dir or pre["data_dir"], download=pre.get("download", True),
+                           subset=pre.get("data_subset"))
     check_data(ckpt, dataset, run.pretrained)
     test_size = run.test_size or pre.get("test_size")
     test_index = (None if test_size is None

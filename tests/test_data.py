@@ -1,14 +1,26 @@
 import hashlib
 import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dimat_bench import config as cfg
 from dimat_bench.cli import main
-from dimat_bench.data import (DATASETS, DataError, DeviceData, balanced_subset, device_datasets, load_dataset,
+from dimat_bench.data import (DATASETS, OFFICIAL, DataConfig, DataError, DeviceData, balanced_subset, derive_arrays,
+                              derive_subset, device_datasets, fingerprint, load_dataset, read_official, record_subset,
                               tinyimagenet_arrays, write_cache)
+from dimat_bench.pretrain import PretrainConfig
 from dimat_bench.registry import ConfigError
+from dimat_bench.subsets import (SUBSETS, UnknownSubset, read_record, subset_fingerprint, subset_path, subset_record,
+                                 write_record)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_cache_round_trip(tmp_path, cifar10_arrays):
@@ -175,6 +187,7 @@ def test_data_command_writes_a_manifest_of_the_validated_cache(data_dir, tmp_pat
         assert manifest["cache"]["train_images"] == len(arrays["y_train"])
         assert manifest["cache"]["test_images"] == len(arrays["y_test"])
     assert manifest["config"]["dataset"] == "cifar10" and manifest["versions"]["torch"]
+    assert manifest["cache"]["subset"] is None and manifest["config"]["data_subset"] is None
 
 
 def test_data_command_without_a_cache_or_download_fails_and_writes_nothing(tmp_path, capsys):
@@ -183,3 +196,279 @@ def test_data_command_without_a_cache_or_download_fails_and_writes_nothing(tmp_p
                  "--out", str(out)]) == 2
     assert "data_dir: no cifar100 cache" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- Recorded subsets (dimat_bench/subsets/): the shared CPU caches, derived from official batches.
+
+SHARED_FOLDERS = (ROOT.parent / "shared" / "data", ROOT / "shared" / "data")  # as tools/find-data looks
+
+
+@pytest.fixture(scope="module")
+def shared_dir() -> Path:
+    """The shared CPU caches the `shared` subsets were recorded from (skips where they are absent,
+    as on a user's machine)."""
+    for folder in SHARED_FOLDERS:
+        if (folder / "cifar10.npz").is_file() and (folder / "cifar100.npz").is_file():
+            return folder
+    pytest.skip("no shared CPU caches (../shared/data/cifar10.npz and cifar100.npz) on this machine")
+
+
+def npz_arrays(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def write_official(root: Path, dataset: str, arrays: dict, seed: int = 0, extra: int = 0, relabelled: int = 0,
+                   drop: tuple[str, ...] = (), again: tuple[str, ...] = ()) -> Path:
+    """The official python batches (as torchvision extracts them under `root`) holding every image
+    of the cache `arrays` (named by its files_*) in another, shuffled order across the batch files,
+    plus per split `extra` made-up images with other file names and `relabelled` made-up images that
+    reuse a recorded file name under another class; less the images named in `drop`, and those in
+    `again` twice (the second time with other pixels). Returns root."""
+    fmt, rng = OFFICIAL[dataset], np.random.default_rng(seed)
+    classes = [str(c) for c in arrays["classes"]]
+    coarse_of_fine = None
+    if fmt.coarse_label_key:
+        coarse_of_fine = np.zeros(len(classes), dtype=np.int64)
+        coarse_of_fine[arrays["y_train"]] = arrays["y_train_coarse"]
+    folder = root / fmt.folder
+    folder.mkdir(parents=True)
+    for part, files in fmt.batches:
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"].astype(np.int64)
+        keys = [str(f) for f in arrays[f"files_{part}"]]
+        names = [k.split("/", 1)[1] for k in keys]
+        twice = [keys.index(k) for k in again if k in keys]
+        keep = [i for i, k in enumerate(keys) if k not in drop] + twice
+        x, y, names = x[keep], y[keep], [names[i] for i in keep]
+        x[len(keep) - len(twice):] ^= 1  # the second copies' pixels differ
+        made_up = extra + relabelled
+        x = np.concatenate([x, rng.integers(0, 256, (made_up, *x.shape[1:]), dtype=np.uint8)])
+        y = np.concatenate([y, rng.integers(0, len(classes), extra), (y[:relabelled] + 1) % len(classes)])
+        names += [f"made_up_s_{i:06d}.png" for i in range(extra)] + names[:relabelled]
+        order = rng.permutation(len(y))
+        data = x[order].transpose(0, 3, 1, 2).reshape(len(y), -1)  # channel-planar rows
+        y, names = y[order], [names[i] for i in order]
+        for file_name, rows in zip(files, np.array_split(np.arange(len(y)), len(files))):
+            batch = {b"batch_label": file_name.encode(), b"data": data[rows], fmt.label_key: y[rows].tolist(),
+                     b"filenames": [names[r].encode() for r in rows]}
+            if coarse_of_fine is not None:
+                batch[fmt.coarse_label_key] = coarse_of_fine[y[rows]].tolist()
+            with open(folder / file_name, "wb") as handle:
+                pickle.dump(batch, handle)
+    meta = {fmt.meta_key: [c.encode() for c in classes]}
+    if fmt.coarse_meta_key:
+        meta[fmt.coarse_meta_key] = [str(c).encode() for c in arrays["classes_coarse"]]
+    with open(folder / fmt.meta_file, "wb") as handle:
+        pickle.dump(meta, handle)
+    return root
+
+
+@pytest.fixture(scope="module")
+def official_cifar10(tmp_path_factory, shared_dir) -> Path:
+    """Official CIFAR-10 batches holding all 20,000 shared images, shuffled, plus 300 made-up images
+    and 50 that reuse a recorded file name under another class, per split."""
+    arrays = npz_arrays(shared_dir / "cifar10.npz")
+    return write_official(tmp_path_factory.mktemp("official"), "cifar10", arrays, extra=300, relabelled=50)
+
+
+def fixture_record(data_dir, dataset: str, name: str = "fixture") -> dict:
+    """A record of the committed fixture cache (a 700 / 300 image cut of the shared ones)."""
+    return record_subset(data_dir / f"{dataset}.npz", dataset, name, "the committed test fixture")
+
+
+def test_the_shared_caches_are_recorded_as_small_files():
+    assert "shared" in SUBSETS["cifar10"] and "shared" in SUBSETS["cifar100"] and "tinyimagenet" not in SUBSETS
+    for dataset, classes in (("cifar10", 10), ("cifar100", 100)):
+        path = subset_path(dataset, "shared")
+        assert path.stat().st_size < 300_000
+        record = subset_record(dataset, "shared")
+        assert (record["name"], record["dataset"], record["counts"]) == ("shared", dataset, {"train": 10_000, "test": 10_000})
+        assert record["fingerprint"] == subset_fingerprint(dataset, "shared") and len(record["fingerprint"]) == 71
+        assert record["source"]["file"] == f"{dataset}.npz" and "default_rng(0)" in record["source"]["description"]
+        assert len(record["classes"]) == classes
+        for part in ("train", "test"):
+            images = record["images"][part]
+            assert len(images) == len(set(images)) == 10_000
+            assert all(image.split("/")[0] in record["classes"] for image in images)
+    # the file name alone is not a key: CIFAR-100's test set holds one name under two classes
+    test = subset_record("cifar100", "shared")["images"]["test"]
+    assert {"baby/baby_s_000223.png", "girl/baby_s_000223.png"} <= set(test)
+    assert subset_record("cifar10", "shared")["source"]["sha256"] == (
+        "5fc77d62b47b7fe116c0b0b54666f8f5fa04a998ad316b55d3f21a50540d5cf3")  # shared/data/README.md
+
+
+def test_subsets_module_imports_neither_numpy_nor_torch():
+    code = ("import sys, dimat_bench.subsets as s; s.subset_fingerprint('cifar10', 'shared'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'torch')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_records_are_what_the_shared_caches_give(shared_dir, dataset):
+    committed = subset_record(dataset, "shared")
+    record = record_subset(shared_dir / f"{dataset}.npz", dataset, "shared", committed["source"]["description"])
+    assert record == committed
+    assert record["fingerprint"] == load_dataset(dataset, shared_dir, download=False).fingerprint
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_shared_subset_is_derived_exactly_from_shuffled_official_batches(tmp_path, shared_dir, official_cifar10,
+                                                                        dataset):
+    shared = npz_arrays(shared_dir / f"{dataset}.npz")
+    official = (official_cifar10 if dataset == "cifar10"
+                else write_official(tmp_path, dataset, shared, seed=1, extra=300, relabelled=50))
+    batches = read_official(dataset, official)
+    for part in ("train", "test"):  # the batches hold more images, in another order; the key is unique
+        keys = [f"{batches['classes'][y]}/{f}" for y, f in zip(batches[part]["labels"], batches[part]["filenames"])]
+        recorded = set(subset_record(dataset, "shared")["images"][part])
+        assert len(keys) == len(shared[f"y_{part}"]) + 350 and sum(k in recorded for k in keys) == len(recorded)
+        assert len({k for k in keys if k in recorded}) == len(recorded), "(class, file name) is unique"
+        assert len(set(batches[part]["filenames"])) < len(keys), "the file name alone is not"
+        assert not np.array_equal(batches[part]["labels"][:100], shared[f"y_{part}"][:100])
+    derived = derive_subset(dataset, "shared", official)
+    assert list(derived) == list(shared)
+    for key, value in shared.items():
+        assert derived[key].dtype == value.dtype and np.array_equal(derived[key], value), key
+    assert fingerprint(derived) == fingerprint(shared) == subset_fingerprint(dataset, "shared")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_fixture_subset_is_derived_with_every_key(tmp_path, data_dir, dataset):
+    record = fixture_record(data_dir, dataset)
+    cache = npz_arrays(data_dir / f"{dataset}.npz")
+    derived = derive_arrays(record, write_official(tmp_path, dataset, cache, extra=40, relabelled=20))
+    assert list(derived) == list(cache)
+    for key, value in cache.items():
+        assert derived[key].dtype == value.dtype and np.array_equal(derived[key], value), key
+
+
+def test_a_recorded_image_missing_from_the_batches_fails_naming_it(tmp_path, data_dir):
+    record = fixture_record(data_dir, "cifar10")
+    gone = record["images"]["test"][7]
+    official = write_official(tmp_path, "cifar10", npz_arrays(data_dir / "cifar10.npz"), extra=40, drop=(gone,))
+    with pytest.raises(DataError) as info:
+        derive_arrays(record, official)
+    assert str(info.value) == (f"{official}: 1 of the 200 test images of the fixture subset of cifar10 are not in the "
+                               f"official batches ({gone}); is it a complete official download?")
+
+
+def test_a_recorded_image_twice_in_the_batches_fails_naming_it(tmp_path, data_dir):
+    record = fixture_record(data_dir, "cifar100")
+    twice = record["images"]["train"][3]
+    official = write_official(tmp_path, "cifar100", npz_arrays(data_dir / "cifar100.npz"), again=(twice,))
+    with pytest.raises(DataError, match=rf"1 train image\(s\) of the fixture subset of cifar100 are ambiguous, their "
+                                        rf"'<class>/<file name>' occurring more than once in the official batches "
+                                        rf"\({twice}\)$"):
+        derive_arrays(record, official)
+
+
+def test_derived_arrays_of_another_fingerprint_fail_naming_the_subset(tmp_path, data_dir):
+    record = {**fixture_record(data_dir, "cifar10"), "fingerprint": "sha256:" + "0" * 64}
+    official = write_official(tmp_path, "cifar10", npz_arrays(data_dir / "cifar10.npz"))
+    with pytest.raises(DataError, match=r": the fixture subset of cifar10 derived from these official batches has "
+                                        r"fingerprint sha256:\w{12}…, recorded sha256:000000000000…$"):
+        derive_arrays(record, official)
+
+
+def test_subset_with_no_cache_holding_it_and_download_off_fails_in_one_line(tmp_path, data_dir):
+    shutil.copy(data_dir / "cifar10.npz", tmp_path / "cifar10.npz")
+    other = load_dataset("cifar10", tmp_path, download=False).fingerprint
+    recorded = subset_fingerprint("cifar10", "shared")
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", tmp_path, download=False, subset="shared")
+    assert str(info.value) == (f"data_dir: no cache in {tmp_path} holds the shared subset of cifar10 (cifar10.npz has "
+                               f"fingerprint {other[:19]}…, recorded {recorded[:19]}…) and downloading is off")
+    with pytest.raises(DataError, match=r"^data_dir: no cache in .* holds the shared subset of cifar100 \(no cache "
+                                        r"file: looked for cifar100-shared.npz, cifar100.npz, recorded sha256:\w{12}…\) "
+                                        r"and downloading is off$"):
+        load_dataset("cifar100", tmp_path, download=False, subset="shared")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_the_shared_folder_holds_the_shared_subset(shared_dir, dataset):
+    loaded = load_dataset(dataset, shared_dir, download=False, subset="shared")
+    shared = npz_arrays(shared_dir / f"{dataset}.npz")
+    assert loaded.path == shared_dir / f"{dataset}.npz" and loaded.subset == "shared"
+    for key in ("x_train", "y_train", "x_test", "y_test", "classes"):
+        assert np.array_equal(getattr(loaded, key), shared[key]), key
+
+
+def test_a_derived_subset_cache_is_used_first_and_a_stale_one_skipped(tmp_path, shared_dir, data_dir):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "cifar10-shared.npz").symlink_to(shared_dir / "cifar10.npz")
+    shutil.copy(data_dir / "cifar10.npz", first / "cifar10.npz")
+    assert load_dataset("cifar10", first, download=False, subset="shared").path == first / "cifar10-shared.npz"
+    assert load_dataset("cifar10", first, download=False).path == first / "cifar10.npz", "without a subset: as before"
+    shutil.copy(data_dir / "cifar10.npz", second / "cifar10-shared.npz")  # other images under the subset's name
+    (second / "cifar10.npz").symlink_to(shared_dir / "cifar10.npz")
+    loaded = load_dataset("cifar10", second, download=False, subset="shared")
+    assert loaded.path == second / "cifar10.npz" and loaded.fingerprint == subset_fingerprint("cifar10", "shared")
+
+
+class OfficialCIFAR10:
+    """Stands in for torchvision.datasets.CIFAR10(root, download=True): extracts the prepared
+    official batches under root."""
+
+    source: Path | None = None
+    calls: list = []
+
+    def __init__(self, root, train, download):
+        self.calls.append((train, download))
+        shutil.copytree(self.source / "cifar-10-batches-py", Path(root) / "cifar-10-batches-py")
+
+
+def test_a_missing_subset_is_derived_from_the_official_download(tmp_path, monkeypatch, shared_dir, official_cifar10):
+    import torchvision
+
+    OfficialCIFAR10.source, OfficialCIFAR10.calls = official_cifar10, []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", OfficialCIFAR10)
+    shutil.copy(ROOT / "tests" / "data" / "cifar10.npz", tmp_path / "cifar10.npz")  # another cache: not the subset
+    loaded = load_dataset("cifar10", tmp_path, subset="shared")
+    assert OfficialCIFAR10.calls == [(True, True)]
+    assert loaded.path == tmp_path / "cifar10-shared.npz" and loaded.fingerprint == subset_fingerprint("cifar10", "shared")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar10-shared.npz", "cifar10.npz"], "no download left"
+    written, shared = npz_arrays(tmp_path / "cifar10-shared.npz"), npz_arrays(shared_dir / "cifar10.npz")
+    assert list(written) == list(shared)
+    for key, value in shared.items():
+        assert written[key].dtype == value.dtype and np.array_equal(written[key], value), key
+    load_dataset("cifar10", tmp_path, subset="shared")
+    assert OfficialCIFAR10.calls == [(True, True)], "a cache holding the subset is not downloaded again"
+
+
+def test_a_subset_a_dataset_has_not_recorded_is_a_config_error(tmp_path):
+    recorded = "; ".join(f"{dataset}: {', '.join(names)}" for dataset, names in SUBSETS.items())
+    assert "cifar10: " in recorded and "cifar100: " in recorded
+    with pytest.raises(ConfigError) as info:
+        load_dataset("tinyimagenet", tmp_path, subset="shared")
+    assert str(info.value) == ("data_subset: got 'shared'; allowed: null (the whole cache). no subset of tinyimagenet "
+                               f"is recorded (recorded: {recorded})")
+    with pytest.raises(ConfigError, match=r"^data_subset: got 'sharde'; allowed: null \(the whole cache\) or "
+                                          r"(\w+, )*shared(, \w+)*\. did you mean 'shared'\?$"):
+        cfg.from_dict(DataConfig, {"dataset": "cifar10", "data_subset": "sharde"})
+    with pytest.raises(ConfigError, match="^data_subset: got 'shared'; allowed: null"):
+        cfg.from_dict(PretrainConfig, {"dataset": "tinyimagenet", "data_subset": "shared"})
+    assert cfg.from_dict(PretrainConfig, {"dataset": "cifar100", "data_subset": "shared"}).data_subset == "shared"
+    with pytest.raises(ConfigError, match="^data_subset: got 'shared'; allowed: null"):
+        derive_subset("tinyimagenet", "shared", tmp_path)
+    with pytest.raises(UnknownSubset, match="^data_subset: got 'nope'; allowed: null .*shared"):
+        subset_record("cifar10", "nope")  # the torch-free reader: a LookupError of its own
+
+
+def test_data_command_records_the_subset_in_its_manifest(shared_dir, tmp_path):
+    out = tmp_path / "cifar100.json"
+    assert main(["data", "--dataset", "cifar100", "--data-dir", str(shared_dir), "--data-subset", "shared",
+                 "--no-download", "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads(out.read_text())
+    assert manifest["cache"]["subset"] == manifest["config"]["data_subset"] == "shared"
+    assert manifest["cache"]["fingerprint"] == subset_fingerprint("cifar100", "shared")
+    assert manifest["cache"]["path"] == str(shared_dir / "cifar100.npz")
+
+
+def test_a_record_round_trips_through_its_file_byte_for_byte(tmp_path, data_dir):
+    record = fixture_record(data_dir, "cifar100")
+    write_record(record, tmp_path / "a.json.gz")
+    write_record(read_record(tmp_path / "a.json.gz"), tmp_path / "b.json.gz")
+    assert read_record(tmp_path / "a.json.gz") == record
+    assert (tmp_path / "a.json.gz").read_bytes() == (tmp_path / "b.json.gz").read_bytes()

@@ -11,10 +11,10 @@ from helpers import ROOT
 PACKAGE = ROOT / "dimat_bench"
 # Lowest first. A package (methods, models) is one unit: its modules may import each other.
 LAYERS = [
-    {"registry"},
+    {"registry", "subsets"},
     {"config", "results", "devices", "splits", "topology", "network", "permutation"},
     {"data", "models", "matching", "plan"},
-    {"population", "checkpoint"},
+    {"population", "checkpoint", "bundle"},
     {"methods", "final_merge"},
     {"pretrain", "run", "communication"},
     {"grid"},

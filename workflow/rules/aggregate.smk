@@ -33,7 +33,8 @@ rule communication:
     each topology (analytic: from the methods' own schedules; no training needed). The data
     manifests give the training-set size when the config does not subsample it."""
     input:
-        expand(DATA_MANIFEST, dataset=DATASETS),
+        # the training-set size, where the pretraining takes the whole cache (no data job otherwise)
+        expand(DATA_MANIFEST, dataset=DATASETS) if config["pretrain"].get("train_size") is None else [],
     output:
         csv=f"{RESULTS}/tables/communication.csv",
         markdown=report(f"{RESULTS}/tables/communication.md", caption="../report/communication_table.rst",

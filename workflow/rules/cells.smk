@@ -13,6 +13,10 @@ rule cell:
         network=lambda wildcards: plan.flags(plan.parse_network(wildcards.topology)),
         data_dir=data_dir,
         gpu_slots=gpu_slots,
+        why=lambda wildcards, output: why(wildcards, output),
+    message:
+        "{wildcards.method} on {wildcards.dataset} {wildcards.model}-w{wildcards.width} n{wildcards.agents} "
+        "{wildcards.split} {wildcards.topology} seed {wildcards.seed}: {params.why}"
     threads: 1
     resources:
         gpu=ENGINE_GPUS,

@@ -1,7 +1,9 @@
+import sys
+
 from snakemake.utils import validate
 
 # The plan, not the engine: this file imports no torch (dimat_bench/plan.py; docs/engine.md#layers).
-from dimat_bench import plan
+from dimat_bench import bundle, plan
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -15,9 +17,13 @@ CLAIMS_FILE = str(plan.CLAIMS_FILE)  # the claims the `claims` rule checks
 # there are cores; profiles/slurm sets the claim itself, for the compute nodes.
 ENGINE_GPUS = 1 if plan.host_gpus() else 0
 DATA_MANIFEST = f"{RESULTS}/data/{{dataset}}.json"
-PRETRAIN_DIR = f"{RESULTS}/pretrain/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}"
-UNION_DIR = f"{PRETRAIN_DIR}-union"  # one model on the union of the N agents' shards (`centralized` starts there)
-CELL_DIR = f"{RESULTS}/cells/{{dataset}}/{{model}}-w{{width}}/n{{agents}}/{{split}}/seed{{seed}}/{{topology}}/{{method}}"
+PRETRAIN_DIR = f"{RESULTS}/{plan.PRETRAIN_PATH}"
+UNION_DIR = f"{RESULTS}/{plan.UNION_PATH}"  # one model on the union of the N agents' shards (`centralized` starts there)
+CELL_DIR = f"{RESULTS}/{plan.CELL_PATH}"
+# A pretraining's record: its metadata and class counts without its weights (what tables, figures
+# and bundles read), copied from the pretraining or restored from a bundle.
+RECORD_DIR = f"{RESULTS}/{plan.RECORD_PATH.format(pretraining=plan.PRETRAIN_PATH)}"
+UNION_RECORD_DIR = f"{RESULTS}/{plan.RECORD_PATH.format(pretraining=plan.UNION_PATH)}"
 
 wildcard_constraints:
     dataset="[a-z0-9]+",
@@ -36,25 +42,67 @@ CELLS = plan.expand_grid(config)
 plan.check_config(config, CELLS)
 DATASETS = sorted({cell["dataset"] for cell in CELLS})
 
+# What the reused bundles (`reuse:`) hold, decided from the config and their manifests alone: a cell
+# or pretraining record whose identity a bundle holds is restored (restore.smk), every other one is
+# computed, and each job's message says which and why (dimat_bench/bundle.py; docs/bundles.md).
+RESTORE, RESTORE_RECORDS, BUNDLES = bundle.restore_plan(config, CELLS)
+if BUNDLES.bundles:
+    print(bundle.summary(RESTORE, BUNDLES), file=sys.stderr)
+
 
 def cell_dirs():
     return [CELL_DIR.format(**cell) for cell in CELLS]
 
 
 def pretrain_dir(cell) -> str:
-    """The pretraining a cell starts from: its own seed's, or seed 0's when seeds share one; the
-    union's for a method that starts from one model on every agent's images."""
-    pattern = UNION_DIR if plan.union_pretraining(cell["method"]) else PRETRAIN_DIR
-    return pattern.format(**{**cell, "seed": plan.pretrain_seed(config, cell)})
+    """The pretraining a cell starts from (plan.pretrain_path)."""
+    return f"{RESULTS}/{plan.pretrain_path(config, cell)}"
 
 
-def pretrain_dirs():
-    """The N agents' pretrainings (the class-count figures draw their shards)."""
-    return sorted({pretrain_dir(cell) for cell in CELLS if not plan.union_pretraining(cell["method"])})
+def pretrain_records():
+    """The N agents' pretraining records (the class-count figures draw their shards)."""
+    return sorted({f"{RESULTS}/{plan.RECORD_PATH.format(pretraining=plan.pretrain_path(config, cell))}"
+                   for cell in CELLS if not plan.union_pretraining(cell["method"])})
+
+
+def all_records():
+    """Every pretraining's record, the union pretrainings' too (what a bundle publishes)."""
+    return sorted({f"{RESULTS}/{plan.RECORD_PATH.format(pretraining=plan.pretrain_path(config, cell))}"
+                   for cell in CELLS})
+
+
+def wildcard_cell(wildcards) -> dict:
+    return {key: getattr(wildcards, key) for key in plan.CELL_KEYS}
 
 
 def cell_pretrained(wildcards):
-    return pretrain_dir({key: getattr(wildcards, key) for key in plan.CELL_KEYS})
+    return pretrain_dir(wildcard_cell(wildcards))
+
+
+def decision(wildcards, records=False, union=False) -> "bundle.Decision | None":
+    """The restore plan's decision for the job's cell or pretraining record (None: not in the grid)."""
+    if not records:
+        return RESTORE.get(plan.cell_path(wildcard_cell(wildcards)))
+    pattern = plan.UNION_PATH if union else plan.PRETRAIN_PATH
+    path = plan.RECORD_PATH.format(pretraining=pattern.format(**dict(wildcards.items())))
+    return RESTORE_RECORDS.get(path)
+
+
+def bundled_files(wildcards, records=False, union=False) -> list[str]:
+    """A restore job's input: the bundled files of its cell or record; where no reused bundle holds
+    it, a path no rule makes, so that Snakemake takes the rule that computes it (ruleorder)."""
+    found = decision(wildcards, records, union)
+    if found is None or found.restore is None:
+        return [f"{RESULTS}/.not-in-a-reused-bundle"]
+    entry = found.restore
+    return [str(entry.bundle / entry.path / name) for name in entry.files]
+
+
+def why(wildcards, output, records=False, union=False) -> str:
+    """Why a job restores or computes (for its message). A params function that takes `output`: no
+    rerun trigger, so naming another bundle does not rerun computed cells."""
+    found = decision(wildcards, records, union)
+    return found.reason if found is not None else "not a cell of this grid"
 
 
 def data_dir(wildcards, output):

@@ -12,7 +12,7 @@ rule data:
     log:
         f"{RESULTS}/data/{{dataset}}.log",
     params:
-        flags=plan.flags({k: v for k, v in config["pretrain"].items() if k == "download"}),
+        flags=plan.flags({k: v for k, v in config["pretrain"].items() if k in ("download", "data_subset")}),
         data_dir=data_dir,
     conda:
         "../envs/engine.yaml"

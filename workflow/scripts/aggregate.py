@@ -7,7 +7,8 @@ import pandas as pd
 from dimat_bench import plan
 from dimat_bench.aggregate import (POINTS, TABLE_LIBRARIES, agent_means, caption, cell_provenance, cell_status,
                                    collect_cells, curves, final_accuracy, final_merge_caption, final_merge_latex,
-                                   final_merge_markdown, final_merge_table, main_table, precision_note, to_latex,
+                                   final_merge_markdown, final_merge_table, main_table, precision_note, restored_note,
+                                   to_latex,
                                    to_markdown)
 from dimat_bench.results import provenance, workflow_job, write_table
 
@@ -28,7 +29,8 @@ with workflow_job("aggregate", snakemake.log[0]):
     # The rounds the cells ran to completion (a diverged cell stops early); the config's when none did.
     rounds = final.loc[final["status"] == "complete", "rounds"]
     rounds = rounds if len(rounds) else [plan.run_setting(snakemake.config, "rounds")]
-    precision = precision_note(meta["cells"])
+    # how the cells' forward passes ran, and which of them were restored from a bundle (from where)
+    precision = "; ".join(note for note in (precision_note(meta["cells"]), restored_note(meta["cells"])) if note)
     for point, stem in (("paper", "main"), ("after_train", "main_after_train")):
         table, text = main_table(final, point), caption(point, seeds, rounds, precision)
         write_table(snakemake.output[f"{stem}_csv"], table.to_csv(index=False), meta | {"caption": text})
