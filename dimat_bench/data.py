@@ -485,8 +485,9 @@ def _official_rows(wanted: list[str], classes: list[str], batch: dict, what: str
                         f"official batches ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); is it a "
                         "complete official download?")
     if twice:
+        shown = ", ".join(sorted(set(twice))[:3])
         raise DataError(f"{official_dir}: {len(twice)} {what}(s) of {where} are ambiguous, their '<class>/<file "
-                        f"name>' occurring more than once in the official batches ({', '.join(sorted(set(twice))[:3])})")
+                        f"name>' occurring more than once in the official batches ({shown})")
     return rows
 
 

@@ -24,6 +24,7 @@ from dimat_bench.aggregate import (
     to_markdown,
 )
 from dimat_bench.cli import main
+from dimat_bench.results import write_marker
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +230,7 @@ def diverge(directory, agent=1):
     last = frame.index[(frame["round"] == 1) & (frame["phase"] == "after_train") & (frame["agent"] == agent)]
     frame.loc[last, ["test_acc", "test_loss", "own_acc", "own_loss"]] = np.nan
     (directory / "metrics.csv").write_text(lines[0] + "\n" + frame.to_csv(index=False))
+    write_marker(directory, {"command": ["a diverged run"]})  # as the engine marks what it wrote
 
 
 def test_diverged_and_failed_cells_are_marked_never_averaged(cells, tmp_path):
@@ -285,6 +287,7 @@ def test_cells_that_ran_on_different_data_cannot_share_a_table(cells, tmp_path):
     meta = json.loads((other / "meta.json").read_text())
     meta["data"]["fingerprint"] = "sha256:" + "0" * 64
     (other / "meta.json").write_text(json.dumps(meta))
+    write_marker(other, {"command": ["a run on other data"]})
     with pytest.raises(ValueError, match=f"{other} and {cells[0]} ran on different cifar10 data"):
         cell_status([cells[0], other])
 
