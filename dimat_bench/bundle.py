@@ -79,8 +79,11 @@ def data_identity(pretrain: Mapping[str, Any]) -> dict | None:
     subset = pretrain.get("data_subset")
     if not subset:
         return None
-    from .subsets import subset_fingerprint
+    from .subsets import subset_fingerprint, subset_problem
 
+    problem = subset_problem(pretrain["dataset"], subset)
+    if problem:
+        raise ConfigError("pretrain.data_subset", subset, *problem)
     return {"dataset": pretrain["dataset"], "subset": subset,
             "fingerprint": subset_fingerprint(pretrain["dataset"], subset)}
 

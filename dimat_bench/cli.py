@@ -7,6 +7,7 @@
   estimate  what a pipeline config will cost: images per phase, FLOPs, wall time here, GPU-hours
   catalogue check (or --write) dimat_bench/catalogue.json, what the torch-free planner knows of the engine
   publish   write a grid's results bundle (every cell's metrics and metadata, no weights) from its results
+  card      rebuild docs/results.md's reproduction card and quoted tables from the bundles (--check)
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(argv: list[str]) -> int:
-    own = {"plan": plan, "estimate": estimate, "catalogue": catalogue, "publish": publish}
+    own = {"plan": plan, "estimate": estimate, "catalogue": catalogue, "publish": publish, "card": card}
     if argv[:1] and argv[0] in own:
         return own[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
@@ -242,4 +243,42 @@ def publish(argv: list[str]) -> int:
         print(f"error: {error.filename or out}: {(error.strerror or str(error)).lower()}; nothing was published",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def card(argv: list[str]) -> int:
+    """`card [--check] [--figures DIR --bundle NAME]`: docs/results.md's generated blocks from the bundles."""
+    from . import card as cards
+
+    parser = argparse.ArgumentParser(prog="python -m dimat_bench card", description=cards.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", default=str(cards.DOCS), help="the page to rebuild (docs/results.md)")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is out of date")
+    parser.add_argument("--figures", metavar="DIR", help="also copy a rebuilt grid's figures from DIR into "
+                                                         "docs/figures/<--bundle>/")
+    parser.add_argument("--bundle", help="the bundle whose figures --figures copies (e.g. cpu)")
+    args = parser.parse_args(argv)
+    docs = Path(args.docs)
+    try:
+        text = docs.read_text()
+        rendered = cards.render(text, docs=docs)
+    except (ConfigError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        if rendered != text:
+            print(f"error: {docs}: a generated block differs from the bundles; run `python -m dimat_bench card`",
+                  file=sys.stderr)
+            return 1
+        print(f"{docs}: every generated block is the bundles'")
+        return 0
+    docs.write_text(rendered)
+    print(f"{docs}: {len(cards.BLOCK.findall(text))} generated blocks rebuilt from {cards.BUNDLES}")
+    if args.figures:
+        if not args.bundle:
+            print("error: --figures: got no --bundle; allowed: the bundle the figures belong to, e.g. cpu",
+                  file=sys.stderr)
+            return 2
+        copied = cards.copy_figures(Path(args.figures), args.bundle, docs)
+        print(f"{len(copied)} figures copied into {docs.parent / 'figures' / args.bundle}")
     return 0

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import config as cfg
 from .registry import ConfigError, Registry
-from .results import OutputLock, atomic_path, check_output_path, provenance, write_json
+from .results import OutputLock, atomic_path, check_output_path, file_sha256, provenance, write_json
 from .subsets import FORMAT as SUBSET_FORMAT
 from .subsets import subset_problem, subset_record
 
@@ -555,12 +555,7 @@ class DataConfig:
         check_data_subset(self.dataset, self.data_subset)
 
 
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+sha256 = file_sha256  # a file's bytes (the data manifest records it; the identity is `fingerprint`)
 
 
 def prepare_data(config: DataConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:

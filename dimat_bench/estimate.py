@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import final_merge, grid
+from .bundle import restore_plan
 from .data import DATASETS, find_cache
 from .devices import autocast, inference_batch_size, resolve_device, resolve_precision
 from .matching import CentredBatch, add_cross
@@ -127,11 +128,15 @@ def cell_job(config: Mapping[str, Any], cell: Mapping[str, Any]) -> Job:
 
 
 def grid_jobs(config: Mapping[str, Any]) -> list[Job]:
-    """Every engine job of a checked pipeline config: its pretrainings, then its cells."""
+    """Every engine job of a checked pipeline config: its pretrainings, then its cells; a cell a reused
+    bundle holds is restored, not computed, and needs no pretraining (docs/bundles.md)."""
     cells = grid.expand_grid(config)
     grid.check_grid(config, cells)
+    restored, _, _ = restore_plan(config, cells)
     jobs: dict[str, Job] = {}
     for cell in cells:
+        if restored[grid.planner.cell_path(cell)].restore is not None:
+            continue
         pre = grid.pretrain_config(config, cell)
         name = "pretrain " + " ".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(pre).items()))
         jobs.setdefault(name, dataclasses.replace(pretrain_job(pre), name=name))

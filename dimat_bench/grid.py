@@ -18,6 +18,7 @@ import numpy as np
 
 from . import config as cfg
 from . import plan as planner
+from .bundle import restore_plan
 from .communication import communication_table
 from .data import DATASETS
 from .methods import METHODS
@@ -127,8 +128,11 @@ def plan(path: str | Path) -> str:
         raise ConfigError(error.field, error.value, error.allowed, where) from None
     pretrainings = {tuple(sorted(cfg.to_dict(pretrain_config(config, c)).items())) for c in cells}
     datasets = sorted({c["dataset"] for c in cells})
+    decisions, _, index = restore_plan(config, cells)
+    restored = sum(d.restore is not None for d in decisions.values())
+    reuse = f"; {restored} of them restore from {', '.join(str(b.folder) for b in index.bundles)}" if index.bundles else ""
     return (f"{path}: {len(cells)} cells from {len(pretrainings)} pretrainings on {', '.join(datasets)}; "
-            f"{len({c['method'] for c in cells})} methods, {len({c['seed'] for c in cells})} seeds")
+            f"{len({c['method'] for c in cells})} methods, {len({c['seed'] for c in cells})} seeds{reuse}")
 
 
 def catalogue() -> dict:

@@ -3,6 +3,7 @@ fresh folder without data or compute, compute only what a bundle lacks, and neve
 whose files changed after its job completed."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -215,13 +216,18 @@ def test_the_bundle_holds_no_weights_and_its_manifest_hashes_every_file(publishe
     assert manifest["config"]["pretrain"]["data_subset"] == "fixture" and manifest["machine"][0]["cpu"]
 
 
-def test_the_repositorys_bundles_hold_no_weights_and_fit_25_mb():
+def test_the_repositorys_bundles_hold_no_weights_fit_25_mb_and_are_the_ones_the_configs_reuse():
     folder = ROOT / "bundle"
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in (".pt", ".pth", ".ckpt", ".npz", ".npy", ".pkl")]
     assert sum(p.stat().st_size for p in files) < bundle.MAX_BYTES
-    for manifest in folder.glob("*/manifest.json"):
-        assert bundle.Bundle(manifest.parent).cells, manifest
+    published = {m.parent.name for m in folder.glob("*/manifest.json")}
+    reused = {Path(b).name for path in (ROOT / "config").glob("*.yaml")
+              for b in plan.load_pipeline_config(path).get("reuse", [])}
+    assert reused and reused == published, (reused, published)
+    for name in published:
+        entries = bundle.Bundle(folder / name)
+        assert entries.cells and entries.manifest["config"]["pretrain"]["data_subset"] == "shared"
 
 
 def shipped_cells():
@@ -259,3 +265,38 @@ def test_an_identity_compares_values_not_spellings_and_tolerates_an_option_added
     assert bundle.differences(here, {"cell": {**here["cell"], "rounds": 4}}) == ["cell.rounds: 4 there, 3 here"]
     assert bundle.digest(here) == bundle.digest({"cell": {"new_option": "null", "final_merge": True, "lr": 1e-3,
                                                           "rounds": 3.0}})
+
+
+def hand_claims(verdicts_by_setting: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"claim": "C4", "source": "s", "statement": "DIMAT ends more accurate", "setting": setting,
+                          "ours": "", "reference": "unknown", "verdict": verdict, "reason": f"why {setting}"}
+                         for setting, verdict in verdicts_by_setting.items()])
+
+
+def test_the_card_counts_each_claims_verdicts_and_gives_the_commonest_ones_reason():
+    from dimat_bench import card
+
+    claims = hand_claims({"a": "inconclusive", "b": "holds", "c": "inconclusive", "d": "not run"})
+    assert card.verdicts(claims) == "holds in 1, inconclusive in 2, not run in 1 of 4 settings"
+    assert card.reason(claims) == "a: why a"
+    assert card.verdicts(hand_claims({"a": "not run"})) == "not run"
+    assert card.reason(hand_claims({"a": "holds"})) == "why a"
+
+
+def test_docs_results_quotes_the_bundles_tables_and_card_as_they_rebuild(published):
+    """Every generated block of docs/results.md is what the repository's bundles give now (tables,
+    the reproduction card, the scripts' output), and every figure the docs show is committed; and a
+    generated block is rebuilt from a bundle, so an edited quote is found."""
+    from dimat_bench import card
+
+    text = card.DOCS.read_text()
+    assert card.BLOCK.search(text), "docs/results.md has generated blocks"
+    assert card.render(text) == text, "run `python -m dimat_bench card`"
+    for page in (ROOT / "docs").glob("*.md"):
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", page.read_text()):
+            assert (page.parent / image).is_file(), f"{page.name} shows {image}, which is not committed"
+    _, bundled = published
+    quote = "<!-- generated: bundle tables/final_merge.md -->\nhand-copied 99.99\n<!-- /generated -->\n"
+    rebuilt = card.render(quote, bundled.parent, card.DOCS)
+    assert "hand-copied" not in rebuilt and quote.splitlines()[0] in rebuilt
+    assert card.quoted(bundled.parent, "bundle tables/final_merge.md") in rebuilt

@@ -248,6 +248,8 @@ BAD_CONFIGS = [
     (bad_grid(split=["iid", "nonid"]), "split: got 'nonid'"),
     ({"only": {"methods": ["wa"]}}, "only: got 'methods'; allowed: cell keys: dataset, model"),
     ({"run": {"seed": 3}}, "run.seed: got 3; allowed: nothing: a grid row's `seeds` sets it per job"),
+    ({"reuse": ["no/such/bundle"]}, "reuse: got 'no/such/bundle'; allowed: a bundle folder"),
+    ({"pretrain": {"epochs": 1, "test_size": 50, "data_subset": "sharde"}}, "data_subset: got 'sharde'"),
 ]
 
 

@@ -18,7 +18,7 @@ from test_grid import JOB_KEY_CASES
 NO_TORCH = "import sys; sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
 TORCH_FREE = ["dimat_bench.plan", "dimat_bench.aggregate", "dimat_bench.claims", "dimat_bench.figures",
               "dimat_bench.results", "dimat_bench.config", "dimat_bench.registry", "dimat_bench.bundle",
-              "dimat_bench.subsets"]
+              "dimat_bench.subsets", "dimat_bench.card"]
 
 
 def test_the_plan_and_report_modules_import_no_torch():

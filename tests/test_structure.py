@@ -19,7 +19,7 @@ LAYERS = [
     {"pretrain", "run", "communication"},
     {"grid"},
     {"aggregate", "estimate"},
-    {"figures", "claims", "preflight"},
+    {"figures", "claims", "preflight", "card"},
     {"cli"},
     {"__main__", "__init__"},
 ]
