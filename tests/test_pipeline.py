@@ -325,7 +325,8 @@ def test_the_default_profile_plans_the_paper_grid():
     result = snakemake("-n", "--profile", "profiles/default", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"cell\s+800", result.stdout) and re.search(r"pretrain\s+12\n", result.stdout)
-    assert re.search(r"method=dimat_local", result.stdout) and re.search(r"claims\s+1\n", result.stdout)
+    assert re.search(r"dimat_local on cifar100 resnet20-w8 n5 iid fc seed 0: cell computed: the config reuses no bundle",
+                     result.stdout) and re.search(r"claims\s+1\n", result.stdout)
     assert re.search(r"data\s+3\n", result.stdout) and re.search(r"communication\s+1\n", result.stdout)
 
 

@@ -25,5 +25,5 @@ with workflow_job("claims", snakemake.log[0]):
              "than 3 seeds pair up; a reference holds within its tolerance; not run = the grid lacks the cells. "
              "References are the only ones known; "
              "\"unknown\" is never replaced by a guess."
-             + (f" Of the grid's cells, {restored}." if restored else "") + "\n\n")
+             + (f" Cells: {restored}." if restored else "") + "\n\n")
     write_table(snakemake.output.markdown, intro + markdown_table(table), meta)
