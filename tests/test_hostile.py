@@ -402,7 +402,7 @@ def test_kill_9_at_a_random_moment_leaves_no_result_and_a_rerun_completes(seed, 
 
 def test_a_second_run_into_the_same_output_fails_at_once(pre, tmp_path):
     out = tmp_path / "cell"
-    first = engine(*long_run(pre, out, rounds=2), "--quiet")
+    first = engine(*long_run(pre, out, rounds=6), "--quiet")  # long enough to outlast the second's start on a loaded machine
     lock = tmp_path / ".cell.lock"
     deadline = time.time() + 60
     while not lock.exists() and time.time() < deadline:
