@@ -41,7 +41,7 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
 ENGINE_RULES = {"pretrain", "cell"}
 GPU_RULES = ENGINE_RULES | {"preflight"}  # the preflight runs where engine jobs run, to see their GPU
 TABLE_RULES = {"aggregate", "figures", "communication", "claims"}
-LOCAL_RULES = {"data", "all"}
+LOCAL_RULES = {"data", "pretrain_record", "all"}  # pretrain_record: a copy of a pretraining's metadata (localrule)
 RUN_TIMEOUT = 600
 
 
