@@ -110,6 +110,9 @@ def snakemake_jobs(log: str) -> dict[str, tuple[str, bool]]:
         jobid = re.search(r"^    jobid: (\d+)$", body, re.M)
         if jobid:
             jobs[jobid.group(1)] = (rule, bool(local))
+    for jobid, text in re.findall(r"^Job (\d+): (.*)$", log, re.M):  # a job shown by its message: a cell's
+        if ": cell computed:" in text:
+            jobs.setdefault(jobid, ("cell", False))
     return jobs
 
 
