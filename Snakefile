@@ -27,4 +27,4 @@ rule all:
         rules.communication.output,
         rules.claims.output,
         rules.figures.output,
-        all_records(),  # every pretraining's metadata without its weights (what `publish` bundles)
+        pretrain_records(),  # every pretraining's metadata without its weights (what `publish` bundles)

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Mapping
 
 import pandas as pd
 
-from .bundle import CELL_FILES, machine_text, restored_origin
+from .bundle import CELL_FILES, origin_text, restored_origin
 from .plan import CELL_KEYS, network_label, union_pretraining
 from .results import CELL_METRIC_COLUMNS, damaged_files
 
@@ -67,7 +67,7 @@ def read_meta(directory: Path) -> dict | None:
 
 def damage(directory: Path, meta: dict | None) -> str:
     """'' when the files the tables read of an existing cell are as its job wrote them, else what changed."""
-    if meta is None and not (Path(directory) / "meta.json").exists() and not Path(directory).exists():
+    if not Path(directory).exists():  # a missing cell, not a damaged one
         return ""
     failed = isinstance(meta, dict) and meta.get("status") == "failed"
     return damaged_files(directory, ["meta.json"] if failed else CELL_FILES)
@@ -96,7 +96,8 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
     for directory, cell in zip(cell_dirs, expected):
         meta, damaged = read_cell(directory)
         status = "damaged" if damaged else "missing" if meta is None else meta.get("status", "complete")
-        restored = origin_text(directory)
+        origin = restored_origin(directory)
+        restored = origin_text(origin) if origin else ""
         if status in ("missing", "failed", "damaged"):
             if cell is None:
                 raise ValueError(f"{directory}: a {status} cell; pass the grid's cells to name its settings")
@@ -116,11 +117,6 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
                                 "spectral_gap": float("nan") if gap is None else float(gap), "restored": restored})
     return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path", "spectral_gap", "restored"])
 
-
-def origin_text(directory: Path) -> str:
-    """Where a restored cell came from ("bundle/cpu (computed at 1a2b3c4 on ...)"), '' for a computed one."""
-    origin = restored_origin(directory)
-    return f"{origin['bundle']} ({machine_text(origin)})" if origin else ""
 
 
 def check_fingerprint(seen: dict, dataset: str, meta: dict, directory: Path) -> None:
@@ -451,7 +447,7 @@ def restored_note(cells: Iterable[Mapping]) -> str:
     144 cells restored from bundle/cpu (computed at 1a2b3c4 on AMD EPYC 9B14, 2 threads), 6 computed
     here"; '' when none was."""
     cells = list(cells)
-    origins = Counter(f"{c['restored']['bundle']} ({machine_text(c['restored'])})" for c in cells if c.get("restored"))
+    origins = Counter(origin_text(c["restored"]) for c in cells if c.get("restored"))
     if not origins:
         return ""
     restored = sum(origins.values())

@@ -5,7 +5,7 @@ A bundle is a folder (`bundle/<grid>/`) holding, for every cell of one grid, its
 `meta.json`; for every pretraining, its metadata (`meta.json`, `metrics.csv`, `class_counts.csv`:
 never weights, checkpoints or data); the grid's own tables; and `manifest.json`: the SHA-256 of
 every file, the grid's config, the commits and machines that computed it, and each cell's
-*identity*. `python -m dimat_bench publish CONFIG` writes one from a results folder.
+*identity*. `python -m dimat_bench publish RESULTS_DIR` writes one from a grid's results folder.
 
 A cell's identity is every key of its resolved config (`plan.resolved_cell`), its pretraining's
 (`plan.resolved_pretrain`) and the identity of its data: the content fingerprint the repository
@@ -141,8 +141,7 @@ class Entry:
 
     bundle: Path
     path: str  # under the bundle, as under a results_dir (plan.CELL_PATH, plan.RECORD_PATH)
-    identity: str
-    keys: dict
+    keys: dict  # its identity, canonical (the manifest also records its digest, for readers)
     files: dict  # file name -> SHA-256
 
     def origin(self, manifest: Mapping) -> dict:
@@ -172,11 +171,16 @@ class Bundle:
         self.records = [self._entry(e) for e in manifest["records"]]
 
     def _entry(self, e: Mapping) -> Entry:
-        return Entry(self.folder, e["path"], e["identity"], e["keys"], e["files"])
+        return Entry(self.folder, e["path"], e["keys"], e["files"])
 
     def origin_text(self) -> str:
-        """"bundle/cpu (computed at 1a2b3c4 on AMD EPYC 9B14, 2 threads)"."""
-        return f"{self.folder} ({machine_text(self.manifest)})"
+        return origin_text({"bundle": str(self.folder), **self.manifest})
+
+
+def origin_text(origin: Mapping) -> str:
+    """"bundle/cpu (computed at 1a2b3c4 on AMD EPYC 9B14, 1 thread)", from a bundle's manifest or a
+    restored cell's origin (`Entry.origin`)."""
+    return f"{origin['bundle']} ({machine_text(origin)})"
 
 
 def machine_text(manifest: Mapping) -> str:
@@ -220,11 +224,13 @@ def decide(index: Index, identity: Mapping, defaults: Mapping, path: str, what: 
     if not same_place:
         return Decision(None, f"{what} computed: no reused bundle holds it "
                               f"({', '.join(str(b.folder) for b in index.bundles)})", key)
+    changed = []
     for bundle, entry in same_place:
-        if not differences(identity, entry.keys, defaults):
+        found = differences(identity, entry.keys, defaults)
+        if not found:
             return Decision(entry, f"restored from {bundle.origin_text()}", key)
-    bundle, entry = same_place[0]
-    changed = differences(identity, entry.keys, defaults)
+        changed = changed or found  # what the first bundle's entry differs in
+    bundle = same_place[0][0]
     shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
     return Decision(None, f"{what} computed: differs from {bundle.folder}'s in {shown}", key)
 
@@ -237,7 +243,7 @@ def restore_plan(config: Mapping[str, Any], cells: Iterable[Mapping[str, Any]]) 
     for cell in cells:
         path, defaults = plan.cell_path(cell), identity_defaults(cell["method"])
         cell_decisions[path] = decide(index, cell_identity(config, cell), defaults, path, "cell")
-        record = plan.RECORD_PATH.format(pretraining=plan.pretrain_path(config, cell))
+        record = plan.record_path(config, cell)
         if record not in record_decisions:
             record_decisions[record] = decide(index, pretrain_identity(config, cell), defaults, record,
                                               "pretraining record")
@@ -347,7 +353,7 @@ def collect(config: Mapping, cells: list[dict], results: Path, force: bool) -> t
             continue
         entries.append({"path": path, "identity": digest(identity), "keys": canonical(identity),
                         "files": {n: file_sha256(results / path / n) for n in CELL_FILES}})
-        record = plan.RECORD_PATH.format(pretraining=plan.pretrain_path(config, cell))
+        record = plan.record_path(config, cell)
         if record not in records:
             ident = pretrain_identity(config, cell)
             problem = check_record(results / record, ident)
@@ -376,7 +382,7 @@ def origins(results: Path, entries: list[dict]) -> dict:
 
 def write_bundle(out: Path, results: Path, manifest: dict, force: bool) -> int:
     """Copy the entries' files and the grid's tables under `out` (staged: it appears complete or not
-    at all) with the manifest and every file's SHA-256; the bundle's size in bytes."""
+    at all) with the manifest and every file's SHA-256; the copied files' size in bytes."""
     with StagedDirectory(out, force=force) as work:
         for entry in manifest["cells"] + manifest["records"]:
             (work / entry["path"]).mkdir(parents=True)
@@ -390,7 +396,7 @@ def write_bundle(out: Path, results: Path, manifest: dict, force: bool) -> int:
         manifest["tables"] = {f: h for f, h in files.items() if f.startswith("tables/")}
         manifest["bytes"] = sum((work / f).stat().st_size for f in files)
         write_json(work / MANIFEST, manifest)
-        return sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+    return manifest["bytes"]
 
 
 def check_cell(directory: Path, identity: Mapping, force: bool) -> str:

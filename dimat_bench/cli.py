@@ -258,6 +258,9 @@ def card(argv: list[str]) -> int:
                                                          "docs/figures/<--bundle>/")
     parser.add_argument("--bundle", help="the bundle whose figures --figures copies (e.g. cpu)")
     args = parser.parse_args(argv)
+    if args.figures and not args.bundle:
+        print("error: --figures: got no --bundle; allowed: the bundle the figures belong to, e.g. cpu", file=sys.stderr)
+        return 2
     docs = Path(args.docs)
     try:
         text = docs.read_text()
@@ -275,10 +278,6 @@ def card(argv: list[str]) -> int:
     docs.write_text(rendered)
     print(f"{docs}: {len(cards.BLOCK.findall(text))} generated blocks rebuilt from {cards.BUNDLES}")
     if args.figures:
-        if not args.bundle:
-            print("error: --figures: got no --bundle; allowed: the bundle the figures belong to, e.g. cpu",
-                  file=sys.stderr)
-            return 2
         copied = cards.copy_figures(Path(args.figures), args.bundle, docs)
         print(f"{len(copied)} figures copied into {docs.parent / 'figures' / args.bundle}")
     return 0

@@ -283,6 +283,8 @@ def estimate(config: Mapping[str, Any], device: str = "auto", threads: int = 1, 
              progress: Callable[[str], None] = lambda message: None) -> Estimate:
     """Count every job's images and FLOPs; with `calibrate_host`, time each model's phases here."""
     jobs = grid_jobs(config)
+    if not jobs:  # every cell restores from a reused bundle: nothing to count or calibrate
+        return Estimate(jobs, {}, {} if calibrate_host else None, 0.0, "-", threads)
     keys = {job.key for job in jobs}
     phases = {key: {p for job in jobs if job.key == key for p in job.images} for key in keys}
     flops = {key: flops_per_image(key, phases[key]) for key in keys}
@@ -339,6 +341,8 @@ def report_rows(result: Estimate) -> list[dict]:
 def render(result: Estimate, gpu: str, utilisation: float, parallel: int) -> str:
     """The estimate as text: one line per group of equal jobs, then the totals."""
     rows = report_rows(result)
+    if not rows:
+        return "0 engine jobs: every cell restores from a bundle the config reuses (docs/bundles.md); nothing to compute"
     width = max(len(r["job"]) for r in rows)
     head = f"{'jobs':>5}  {'per job:':<{width}}  {'train':>10} {'evaluate':>10} {'matching':>10} {'bn_reset':>10}"
     head += f"  {'TFLOP':>10}" + ("  wall here" if result.seconds is not None else "")

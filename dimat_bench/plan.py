@@ -134,6 +134,11 @@ def pretrain_path(config: Mapping[str, Any], cell: Mapping[str, Any]) -> str:
     return pattern.format(**{**cell, "seed": pretrain_seed(config, cell)})
 
 
+def record_path(config: Mapping[str, Any], cell: Mapping[str, Any]) -> str:
+    """The record of the pretraining a cell starts from (its metadata without weights), under results_dir."""
+    return RECORD_PATH.format(pretraining=pretrain_path(config, cell))
+
+
 def cell_path(cell: Mapping[str, Any]) -> str:
     """A cell's output directory under results_dir."""
     return CELL_PATH.format(**cell)

@@ -300,3 +300,20 @@ def test_docs_results_quotes_the_bundles_tables_and_card_as_they_rebuild(publish
     rebuilt = card.render(quote, bundled.parent, card.DOCS)
     assert "hand-copied" not in rebuilt and quote.splitlines()[0] in rebuilt
     assert card.quoted(bundled.parent, "bundle tables/final_merge.md") in rebuilt
+
+
+def test_plan_and_estimate_count_a_grid_whose_every_cell_restores_as_nothing_to_compute(capsys):
+    """config/cpu.yaml reuses bundle/cpu, which holds all its cells: the cost is zero, said so."""
+    from dimat_bench.cli import main
+
+    assert main(["plan", "config/cpu.yaml"]) == 0
+    assert "144 cells from 12 pretrainings" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["estimate", "config/cpu.yaml", "--no-calibrate"]) == 0
+    out = capsys.readouterr().out
+    assert "0 engine jobs: every cell restores from a bundle the config reuses" in out
+    config = plan.load_pipeline_config(ROOT / "config" / "cpu.yaml")
+    config["run"] = {**config["run"], "rounds": 4}  # now no bundled cell matches: all 144 and their 12 pretrainings
+    from dimat_bench.estimate import grid_jobs
+
+    jobs = grid_jobs(config)
+    assert (sum(j.kind == "cell" for j in jobs), sum(j.kind == "pretrain" for j in jobs)) == (144, 12)

@@ -59,16 +59,11 @@ def pretrain_dir(cell) -> str:
     return f"{RESULTS}/{plan.pretrain_path(config, cell)}"
 
 
-def pretrain_records():
-    """The N agents' pretraining records (the class-count figures draw their shards)."""
-    return sorted({f"{RESULTS}/{plan.RECORD_PATH.format(pretraining=plan.pretrain_path(config, cell))}"
-                   for cell in CELLS if not plan.union_pretraining(cell["method"])})
-
-
-def all_records():
-    """Every pretraining's record, the union pretrainings' too (what a bundle publishes)."""
-    return sorted({f"{RESULTS}/{plan.RECORD_PATH.format(pretraining=plan.pretrain_path(config, cell))}"
-                   for cell in CELLS})
+def pretrain_records(union=True):
+    """Every pretraining's record (what a bundle publishes); without the union pretrainings', the N
+    agents' only (the class-count figures draw their shards)."""
+    return sorted({f"{RESULTS}/{plan.record_path(config, cell)}" for cell in CELLS
+                   if union or not plan.union_pretraining(cell["method"])})
 
 
 def wildcard_cell(wildcards) -> dict:
@@ -115,3 +110,13 @@ def data_dir(wildcards, output):
 def gpu_slots(wildcards, output):
     """Engine jobs per GPU: how jobs share GPUs, not what they compute (no rerun trigger either)."""
     return config.get("gpu_slots", 1)
+
+
+def restore_params(records=False, union=False) -> dict:
+    """A restore rule's params: the bundle and the entry it copies, the identity (a rerun trigger:
+    another bundled identity restores again) and why (no trigger)."""
+    found = lambda wildcards: decision(wildcards, records, union)
+    return {"bundle": lambda wildcards: str(found(wildcards).restore.bundle),
+            "path": lambda wildcards: found(wildcards).restore.path,
+            "identity": lambda wildcards: found(wildcards).identity,
+            "why": lambda wildcards, output: why(wildcards, output, records, union)}

@@ -5,7 +5,7 @@ rule figures:
     copy put there are replaced or removed: a user's own files and `.gitkeep` stay."""
     input:
         cells=cell_dirs(),
-        pretrained=pretrain_records(),
+        pretrained=pretrain_records(union=False),
         communication=rules.communication.output.csv,
         final=rules.aggregate.output.final,
     output:

@@ -15,10 +15,7 @@ rule restore_cell:
     log:
         f"{CELL_DIR}.restore.log",
     params:
-        bundle=lambda wildcards: str(decision(wildcards).restore.bundle),
-        path=lambda wildcards: decision(wildcards).restore.path,
-        identity=lambda wildcards: decision(wildcards).identity,
-        why=lambda wildcards, output: why(wildcards, output),
+        **restore_params(),
     message:
         "{wildcards.method} on {wildcards.dataset} {wildcards.model}-w{wildcards.width} n{wildcards.agents} "
         "{wildcards.split} {wildcards.topology} seed {wildcards.seed}: {params.why}"
@@ -38,10 +35,7 @@ rule restore_record:
     log:
         f"{RECORD_DIR}.restore.log",
     params:
-        bundle=lambda wildcards: str(decision(wildcards, records=True).restore.bundle),
-        path=lambda wildcards: decision(wildcards, records=True).restore.path,
-        identity=lambda wildcards: decision(wildcards, records=True).identity,
-        why=lambda wildcards, output: why(wildcards, output, records=True),
+        **restore_params(records=True),
     message:
         "pretraining record {wildcards.dataset} {wildcards.model}-w{wildcards.width} n{wildcards.agents} "
         "{wildcards.split} seed {wildcards.seed}: {params.why}"
@@ -60,10 +54,7 @@ use rule restore_record as restore_union_record with:
     log:
         f"{UNION_RECORD_DIR}.restore.log",
     params:
-        bundle=lambda wildcards: str(decision(wildcards, records=True, union=True).restore.bundle),
-        path=lambda wildcards: decision(wildcards, records=True, union=True).restore.path,
-        identity=lambda wildcards: decision(wildcards, records=True, union=True).identity,
-        why=lambda wildcards, output: why(wildcards, output, records=True, union=True),
+        **restore_params(records=True, union=True),
 
 
 rule pretrain_record:
