@@ -1,5 +1,6 @@
 # Two commands on a fresh machine (Linux, Python >= 3.10, no venv needed):
 #   make quick   set up .venv from requirements.lock, run the quick grid to its tables, figures and report.html
+#                (computing every cell, reuse=[]: it shows the engine works; bundle/quick holds what it printed)
 #   make test    set up .venv from requirements.lock, run the tests (the README's test command)
 # make test-slurm runs the tests that bring up a one-node SLURM cluster (root; apt-get).
 PYTHON ?= python3
@@ -21,9 +22,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 quick: setup
 	@data="$$(DATA="$(DATA)" tools/find-data)" && echo "== quick grid with data from $$data" && \
-	$(RUN) python -m dimat_bench plan config/quick.yaml && \
-	$(RUN) snakemake --cores all --configfile config/quick.yaml --config data_dir="$$data" && \
-	$(RUN) snakemake --report report.html --configfile config/quick.yaml --config data_dir="$$data"
+	$(RUN) python -m dimat_bench plan --no-reuse config/quick.yaml && \
+	$(RUN) snakemake --cores all --configfile config/quick.yaml --config data_dir="$$data" 'reuse=[]' && \
+	$(RUN) snakemake --report report.html --configfile config/quick.yaml --config data_dir="$$data" 'reuse=[]'
 	@echo "== tables in results/quick/tables/, figures in figures/quick/, the report in report.html"
 
 test: setup

@@ -15,6 +15,7 @@ bf16 (devices.cpu_has_native_bf16).
 
     python benchmarks/parity.py results/parity/fp32 results/parity/bf16
     python benchmarks/parity.py results/parity/fp32 results/parity/bf16 --no-throughput
+    python benchmarks/parity.py bundle/parity bundle/parity-bf16 --no-throughput   # the published grids
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def main() -> int:
     print("\n".join(accuracy_table(both)) + "\n")
     holds, lines = decision(both, args.margin)
     print("\n".join(lines))
-    print(f"parity {'holds' if holds else 'does not hold'} (margin ±{args.margin} points); "
-          f"this CPU {'has' if cpu_has_native_bf16() else 'lacks'} native bf16\n")
+    here = "" if args.no_throughput else f"; this CPU {'has' if cpu_has_native_bf16() else 'lacks'} native bf16"
+    print(f"parity {'holds' if holds else 'does not hold'} (margin ±{args.margin} points){here}\n")
     fp32_seconds, bf16_seconds = grid_seconds(args.fp32), grid_seconds(args.bf16)
     print(f"engine seconds of the grids (cells and pretrainings): fp32 {fp32_seconds:,.0f} s, bf16 "
           f"{bf16_seconds:,.0f} s, fp32 / bf16 {fp32_seconds / max(bf16_seconds, 1e-9):.2f}×\n")

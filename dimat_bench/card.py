@@ -4,7 +4,7 @@ of docs/results.md from `bundle/`, `--check` fails when one differs, and `tests/
 the check.
 
 A generated block is the text between `<!-- generated: WHAT -->` and `<!-- /generated -->`; WHAT is
-`card` (claim -> verdict -> grid -> reason, one row per claim and bundle), `bundles` (what each
+`card` (claim -> verdict -> grid -> reason, one row per claim and grid that ran it), `bundles` (what each
 bundle holds, its size and who computed it), `<bundle> <table>` (a
 bundle's table, e.g. `cpu tables/main.md`, without its provenance line) or `$ python
 benchmarks/<script>.py ARGS` (what a script that reads stored results prints, e.g. `$ python
@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .bundle import Bundle, machine_text
 from .plan import ROOT
@@ -63,32 +64,57 @@ def reason(claims: pd.DataFrame, limit: int = 180) -> str:
 
 
 def card(found: list[Bundle], docs: Path = DOCS) -> str:
-    """claim -> verdict -> grid -> reason, for every claim of every bundle, with links; then the grids."""
+    """claim -> verdict -> grid -> reason, with links: one row per claim and grid that ran it (a
+    claim no grid ran gets one `not run` row naming them all); then one line per grid."""
     lines = ["| claim | statement | verdict | grid | reason |", "| --- | --- | --- | --- | --- |"]
-    grids = []
+    by_claim: dict[str, list[tuple[Bundle, pd.DataFrame]]] = {}
     for bundle in found:
         claims = pd.read_csv(bundle.folder / "tables" / "claims.csv", comment="#")
-        name = bundle.folder.name
-        link = relative(bundle.folder / "tables" / "claims.md", docs)
         for claim, rows in claims.groupby("claim", sort=False):
-            statement = " ".join(str(rows["statement"].iloc[0]).split()).replace("|", "/")
+            by_claim.setdefault(claim, []).append((bundle, rows))
+    for claim, runs in by_claim.items():
+        statement = " ".join(str(runs[0][1]["statement"].iloc[0]).split()).replace("|", "/")
+        ran = [(b, rows) for b, rows in runs if (rows["verdict"] != "not run").any()]
+        if not ran:
+            grids = ", ".join(f"[{b.folder.name}](#{b.folder.name}-grid)" for b, _ in runs)
+            bundle, rows = runs[0]
+            link = relative(bundle.folder / "tables" / "claims.md", docs)
+            lines.append(f"| [{claim}]({link}) | {statement} | not run | {grids} | {reason(rows)} |")
+        for bundle, rows in ran:
+            name, link = bundle.folder.name, relative(bundle.folder / "tables" / "claims.md", docs)
             lines.append(f"| [{claim}]({link}) | {statement} | {verdicts(rows)} | [{name}](#{name}-grid) | "
                          f"{reason(rows)} |")
-        grids.append(f"- <a id=\"{name}-grid\"></a>**{name}**: [config/{name}.yaml]({relative(ROOT / 'config' / f'{name}.yaml', docs)}), "
+    grids = []
+    for bundle in found:
+        name, link = bundle.folder.name, relative(bundle.folder / "tables" / "claims.md", docs)
+        configs = ", ".join(f"[{c.relative_to(ROOT).as_posix()}]({relative(c, docs)})" for c in reusing(name))
+        grids.append(f"- <a id=\"{name}-grid\"></a>**{name}**: reused by {configs or 'no config'}, "
                      f"{len(bundle.cells)} cells in [bundle/{name}]({relative(bundle.folder, docs)}), "
                      f"{machine_text(bundle.manifest)}; every verdict with its interval: [claims.md]({link})")
     return "\n".join(lines + [""] + grids) + "\n"
 
 
+def reusing(name: str, configs: Path = ROOT / "config") -> list[Path]:
+    """The shipped config files whose `reuse:` names bundle/<name> (an overlay such as
+    config/parity-bf16.yaml names its own)."""
+    found = []
+    for path in sorted(Path(configs).glob("*.yaml")):
+        given = yaml.safe_load(path.read_text()) or {}
+        if any(Path(str(b)).name == name for b in given.get("reuse") or []):
+            found.append(path)
+    return found
+
+
 def inventory(found: list[Bundle], docs: Path = DOCS) -> str:
     """One row per bundle: its grid, cells and records, size on disk, and who computed it."""
-    lines = ["| bundle | grid | cells | pretraining records | size | computed |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| bundle | reused by | cells | pretraining records | size | computed |", "| --- | --- | --- | --- | --- | --- |"]
     total = 0
     for bundle in found:
         size = sum(p.stat().st_size for p in bundle.folder.rglob("*") if p.is_file())
         total += size
         name = bundle.folder.name
-        lines.append(f"| [bundle/{name}]({relative(bundle.folder, docs)}) | `config/{name}.yaml` | {len(bundle.cells)} | "
+        configs = ", ".join(f"`{c.relative_to(ROOT).as_posix()}`" for c in reusing(name)) or "–"
+        lines.append(f"| [bundle/{name}]({relative(bundle.folder, docs)}) | {configs} | {len(bundle.cells)} | "
                      f"{len(bundle.records)} | {size / 2**20:.2f} MiB | {machine_text(bundle.manifest)} |")
     return "\n".join(lines) + f"\n\nIn all {total / 2**20:.2f} MiB of files (the limit is 25 MB).\n"
 

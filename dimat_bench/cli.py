@@ -146,11 +146,13 @@ def plan(argv: list[str]) -> int:
                                      description="Check a pipeline config file (YAML syntax with line numbers, "
                                                  "the schema, every cell and split) before Snakemake reads it.")
     parser.add_argument("configfile", help="the file you pass to snakemake --configfile")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="plan as if the config reused no bundle (what --config 'reuse=[]' runs: every cell computes)")
     args = parser.parse_args(argv)
     from .grid import plan as plan_grid
 
     try:
-        print(plan_grid(args.configfile))
+        print(plan_grid(args.configfile, reuse=not args.no_reuse))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

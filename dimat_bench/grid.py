@@ -116,10 +116,13 @@ def fault_settings(cells: Iterable[Mapping[str, Any]]) -> list[tuple[float, floa
     return sorted(pairs)
 
 
-def plan(path: str | Path) -> str:
+def plan(path: str | Path, reuse: bool = True) -> str:
     """Check a pipeline config as the Snakefile will (the schema, every cell, every split) and say
-    what it plans, in one line; ConfigError says what is wrong, naming the file."""
+    what it plans, in one line; ConfigError says what is wrong, naming the file. `reuse=False` plans
+    as `--config 'reuse=[]'` runs it: every cell computes."""
     config = load_pipeline_config(path)
+    if not reuse:
+        config["reuse"] = []
     try:
         cells = expand_grid(config)
         check_grid(config, cells)

@@ -283,6 +283,31 @@ def test_the_card_counts_each_claims_verdicts_and_gives_the_commonest_ones_reaso
     assert card.reason(hand_claims({"a": "holds"})) == "why a"
 
 
+def test_the_card_gives_a_claim_one_row_per_grid_that_ran_it_and_one_not_run_row_when_none_did(tmp_path):
+    """Two grids: C4 ran on both (two rows, each its own verdicts), Z2 on the second alone (one row),
+    C7 on neither (one `not run` row naming both grids)."""
+    from types import SimpleNamespace
+
+    from dimat_bench import card
+
+    def grid(name, verdicts):
+        folder = tmp_path / name
+        (folder / "tables").mkdir(parents=True)
+        rows = [{**row, "claim": claim} for claim, by_setting in verdicts.items()
+                for row in hand_claims(by_setting).to_dict("records")]
+        pd.DataFrame(rows).to_csv(folder / "tables" / "claims.csv", index=False)
+        return SimpleNamespace(folder=folder, cells=[1, 2], manifest={"commit": "abcdef123", "machine": []})
+
+    found = [grid("one", {"C4": {"a": "holds", "b": "inconclusive"}, "Z2": {"a": "not run"}, "C7": {"a": "not run"}}),
+             grid("two", {"C4": {"c": "fails"}, "Z2": {"c": "holds", "d": "holds"}, "C7": {"c": "not run"}})]
+    rows = [line for line in card.card(found, tmp_path / "results.md").splitlines() if line.startswith("| [")]
+    assert [(r.split(" | ")[0].split("]")[0][3:], r.split(" | ")[2], r.split(" | ")[3]) for r in rows] == [
+        ("C4", "holds in 1, inconclusive in 1 of 2 settings", "[one](#one-grid)"),
+        ("C4", "fails in 1 of 1 setting", "[two](#two-grid)"),
+        ("Z2", "holds in 2 of 2 settings", "[two](#two-grid)"),
+        ("C7", "not run", "[one](#one-grid), [two](#two-grid)")]
+
+
 def test_docs_results_quotes_the_bundles_tables_and_card_as_they_rebuild(published):
     """Every generated block of docs/results.md is what the repository's bundles give now (tables,
     the reproduction card, the scripts' output), and every figure the docs show is committed; and a
@@ -308,6 +333,9 @@ def test_plan_and_estimate_count_a_grid_whose_every_cell_restores_as_nothing_to_
 
     assert main(["plan", "config/cpu.yaml"]) == 0
     assert "144 cells from 12 pretrainings" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["plan", "config/cpu.yaml", "--no-reuse"]) == 0  # as `make quick` plans its `reuse=[]` run
+    out = capsys.readouterr().out
+    assert "144 cells from 12 pretrainings" in out and "restore" not in out
     assert main(["estimate", "config/cpu.yaml", "--no-calibrate"]) == 0
     out = capsys.readouterr().out
     assert "0 engine jobs: every cell restores from a bundle the config reuses" in out
