@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -200,7 +201,8 @@ def test_data_command_without_a_cache_or_download_fails_and_writes_nothing(tmp_p
 
 # --- Recorded subsets (dimat_bench/subsets/): the shared CPU caches, derived from official batches.
 
-SHARED_FOLDERS = (ROOT.parent / "shared" / "data", ROOT / "shared" / "data")  # as tools/find-data looks
+SHARED_FOLDERS = ((Path(os.environ["DATA"]),) if os.environ.get("DATA") else ()) + (
+    ROOT.parent / "shared" / "data", ROOT / "shared" / "data")  # as tools/find-data looks: $DATA first
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,7 @@ def shared_dir() -> Path:
     for folder in SHARED_FOLDERS:
         if (folder / "cifar10.npz").is_file() and (folder / "cifar100.npz").is_file():
             return folder
-    pytest.skip("no shared CPU caches (../shared/data/cifar10.npz and cifar100.npz) on this machine")
+    pytest.skip("no shared CPU caches ($DATA, ../shared/data: cifar10.npz and cifar100.npz) on this machine")
 
 
 def npz_arrays(path) -> dict[str, np.ndarray]:
