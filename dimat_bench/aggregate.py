@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Mapping
 import pandas as pd
 
 from .bundle import CELL_FILES, origin_text, restored_origin
-from .plan import CELL_KEYS, network_label, union_pretraining
+from .plan import CELL_KEYS, catalogue, network_label, union_pretraining
 from .results import CELL_METRIC_COLUMNS, damaged_files
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
@@ -114,8 +114,43 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
                   if diverged else "")
         gap = (meta.get("topology") or {}).get("spectral_gap")  # 1 − |λ₂| (a time-varying graph: expected)
         rows.append(settings | {"status": status, "detail": detail, "path": str(directory),
-                                "spectral_gap": float("nan") if gap is None else float(gap), "restored": restored})
-    return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path", "spectral_gap", "restored"])
+                                "spectral_gap": float("nan") if gap is None else float(gap), "restored": restored}
+                    | evaluation_size(meta))
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path", "spectral_gap", "restored", "classes",
+                                                   "test_images"])
+
+
+def evaluation_size(meta: dict) -> dict:
+    """The classes of a cell's dataset and the test images it evaluated on (its own `test_size`, else
+    its pretraining's, else the dataset's whole test set), what `chance_test` needs."""
+    dataset = meta["pretrained"]["config"]["dataset"]
+    size = catalogue()["dataset_sizes"].get(dataset, {})
+    test = meta["config"].get("test_size") or meta["pretrained"]["config"].get("test_size") or size.get("test_images")
+    return {"classes": size.get("classes", float("nan")), "test_images": float("nan") if test is None else int(test)}
+
+
+CHANCE_ALPHA = 0.05  # one-sided level of the chance test (docs/benchmark.md#chance)
+
+
+def chance_test(accuracy_pct: float, classes, test_images) -> tuple[bool, float]:
+    """Can an accuracy (%) on `test_images` images be told from chance (100 / `classes` %)? The exact
+    one-sided binomial test of k = round(accuracy · n) correct answers out of n against p0 = 1 / classes:
+    p = P(X ≥ k), X ~ Binomial(n, p0); told from chance when p ≤ CHANCE_ALPHA. Returns (told, p);
+    (True, nan) when the accuracy, the classes or the size is unknown (nothing to test: an older table)."""
+    if any(pd.isna(v) for v in (accuracy_pct, classes, test_images)):
+        return True, float("nan")
+    from scipy.stats import binom
+
+    n = int(test_images)
+    k = int(round(accuracy_pct / 100 * n))
+    p = float(binom.sf(k - 1, n, 1 / float(classes)))
+    return p <= CHANCE_ALPHA, p
+
+
+def chance_text(accuracy_pct: float, classes, test_images, p: float) -> str:
+    """"ends at chance: 10.00 % (chance 10 %; p = 0.52, one-sided binomial test on 500 test images)"."""
+    return (f"{accuracy_pct:.2f} % (chance {100 / float(classes):.3g} %; p = {p:.2f}, one-sided binomial test on "
+            f"{int(test_images)} test images)")
 
 
 
@@ -223,7 +258,8 @@ def final_accuracy(metrics: pd.DataFrame, status: pd.DataFrame | None = None) ->
     final = final.reset_index()
     if status is None:
         return final.assign(status="complete", detail="")
-    keyed = status[CELL_KEYS + ["status", "detail"] + [c for c in ["spectral_gap"] if c in status]]
+    keyed = status[CELL_KEYS + ["status", "detail"] + [c for c in ["spectral_gap", "classes", "test_images"]
+                                                        if c in status]]
     keyed = keyed.astype({k: str for k in CELL_KEYS})
     final = keyed.merge(final.astype({k: str for k in CELL_KEYS}), on=CELL_KEYS, how="left")
     final = final.astype({k: metrics[k].dtype for k in CELL_KEYS if k in metrics})
@@ -259,9 +295,12 @@ def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
                          initial_pct=100 * final["initial_acc"])
     if "status" not in final:
         final = final.assign(status="complete")
+    for column in ("classes", "test_images"):  # a table from before they were recorded: no chance test
+        final = final if column in final else final.assign(**{column: float("nan")})
     grouped = final.groupby(["method", "setting"], sort=True)
     table = pd.DataFrame({"mean": grouped["final_pct"].mean(), "std": grouped["final_pct"].std(ddof=1),
-                          "seeds": grouped.size(), "note": grouped["status"].agg(status_note)}).reset_index()
+                          "seeds": grouped.size(), "note": grouped["status"].agg(status_note),
+                          "classes": grouped["classes"].max(), "test_images": grouped["test_images"].max()}).reset_index()
     table.loc[table["note"] != "", ["mean", "std"]] = float("nan")
     # The pretrained agents of a setting and seed are the same for every method: one value per seed
     # (the centralized method starts from its own model, pretrained on the union of the shards).
@@ -277,7 +316,11 @@ def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
     pretrained = pd.concat([pretrained, pd.DataFrame({"setting": unrun, "method": PRETRAINED, "mean": float("nan"),
                                                       "std": float("nan"), "seeds": 0, "note": "no cell ran"})])
     pretrained.loc[pretrained["note"] != "", ["mean", "std"]] = float("nan")
-    return pd.concat([table, pretrained[table.columns]], ignore_index=True).assign(point=point)
+    sizes = table.groupby("setting")[["classes", "test_images"]].max()
+    pretrained = pretrained.join(sizes, on="setting")
+    table = pd.concat([table, pretrained[table.columns]], ignore_index=True).assign(point=point)
+    table["chance"] = [not chance_test(m, k, n)[0] for m, k, n in zip(table["mean"], table["classes"], table["test_images"])]
+    return table.drop(columns=["classes", "test_images"])
 
 
 FINAL_MERGE_COLUMNS = {"paper": "agents (paper point)", "final_merge_average": "average",
@@ -312,6 +355,7 @@ def final_merge_markdown(table: pd.DataFrame, caption_text: str = "", status: pd
         wide = _formatted(rows, lambda s: f"**{s}**")
         wide = wide[[c for c in FINAL_MERGE_COLUMNS.values() if c in wide.columns]]
         parts += [f"**{setting}**", markdown_table(wide.reset_index()).rstrip("\n")]
+    parts += [chance_note(table).rstrip("\n")] if chance_note(table) else []
     listed = incomplete_cells(status) if status is not None else ""
     return "\n\n".join(parts + ([listed.rstrip("\n")] if listed else [])) + "\n"
 
@@ -352,6 +396,8 @@ def _formatted(table: pd.DataFrame, bold) -> pd.DataFrame:
     text = table.apply(lambda r: r["note"] if r["note"] else f"{r['mean']:.2f}" if r["seeds"] < 2
                        else f"{r['mean']:.2f} ± {r['std']:.2f}", axis=1)
     text = text.where(~is_best, text.map(bold))
+    if "chance" in table:
+        text = text.where(~table["chance"].astype(bool), text + CHANCE_MARK)
     wide = table.assign(text=text).pivot(index="method", columns="setting", values="text")
     order = sorted(m for m in wide.index if m != PRETRAINED) + [PRETRAINED]
     return wide.reindex([m for m in order if m in wide.index]).fillna("–")
@@ -406,22 +452,34 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+CHANCE_MARK = " †"
+CHANCE_NOTE = (f"†: cannot be told from chance (one over the classes): the exact one-sided binomial test on the "
+               f"test set's images does not reject chance at {CHANCE_ALPHA:.0%} (docs/benchmark.md#chance).")
+
+
+def chance_note(table: pd.DataFrame) -> str:
+    """The footnote of a table that marks an entry at chance (empty when none is)."""
+    return f"{CHANCE_NOTE}\n" if "chance" in table and table["chance"].any() else ""
+
+
 def to_markdown(table: pd.DataFrame, caption_text: str = "", status: pd.DataFrame | None = None) -> str:
     body = markdown_table(_formatted(table, lambda s: f"**{s}**").reset_index())
+    body += f"\n{chance_note(table)}" if chance_note(table) else ""
     listed = incomplete_cells(status) if status is not None else ""
     body = f"{body}\n{listed}" if listed else body
     return f"{caption_text}\n\n{body}" if caption_text else body
 
 
 def to_latex(table: pd.DataFrame, caption_text: str = "") -> str:
-    wide = _formatted(table, lambda s: r"\textbf{" + s + "}").map(lambda s: s.replace("±", r"$\pm$"))
+    wide = _formatted(table, lambda s: r"\textbf{" + s + "}").map(
+        lambda s: s.replace("±", r"$\pm$").replace(CHANCE_MARK, r"$^\dagger$"))
     wide.columns = [c.replace("×", r"$\times$") for c in wide.columns]
     columns = "l" + "c" * len(wide.columns)
     lines = ([f"% {caption_text}"] if caption_text else []) + [
         r"\begin{tabular}{" + columns + "}", r"\toprule",
         "method & " + " & ".join(c.replace("_", r"\_") for c in wide.columns) + r" \\", r"\midrule"]
     lines += [method.replace("_", r"\_") + " & " + " & ".join(row) + r" \\" for method, row in wide.iterrows()]
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}"] + ([f"% {chance_note(table).strip()}"] if chance_note(table) else [])
     return "\n".join(lines) + "\n"
 
 

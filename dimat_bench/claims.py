@@ -10,6 +10,9 @@ t-interval at LEVEL (95 %):
   within its tolerance;
 - fails: it lies wholly in the other direction, or the reference is missed;
 - inconclusive: the interval contains zero, or fewer than MIN_SEEDS seeds pair up (the reason says so);
+- uninformative: the baseline cannot be told from chance (aggregate.chance_test: an exact one-sided
+  binomial test on the setting's test images), so beating it says only that the method left chance;
+  a claim against several baselines that holds only against such baselines does not hold;
 - not run: the grid lacks the cells (or the rounds) the claim needs.
 
 docs/engine.md#protocols-measurement-points-and-verdicts says why this test and works an example.
@@ -27,10 +30,10 @@ import pandas as pd
 import yaml
 from scipy.stats import t as student_t
 
-from .aggregate import perfect_network_rows, setting_label
+from .aggregate import chance_test, chance_text, setting_label
 from .plan import SETTING_KEYS, union_pretraining
 
-VERDICTS = ("holds", "fails", "inconclusive", "not run")
+VERDICTS = ("holds", "fails", "inconclusive", "uninformative", "not run")
 LEVEL = 0.95  # of the paired interval
 MIN_SEEDS = 3  # paired seeds a difference needs (with 2 the interval has one degree of freedom: t = 12.7)
 COLUMNS = ["claim", "source", "statement", "setting", "ours", "reference", "verdict", "reason"]
@@ -59,24 +62,44 @@ def paired_interval(differences: pd.Series, level: float = LEVEL) -> tuple[float
     return mean, mean - half, mean + half
 
 
-def compare(ours: pd.Series, theirs: pd.Series, baseline: str) -> tuple[str, str]:
+def compare(ours: pd.Series, theirs: pd.Series, baseline: str, floor: tuple | None = None) -> tuple[str, str]:
     """Verdict and a short account of "ours is larger than theirs", each a per-seed Series (index:
-    seed), paired on the seeds both ran."""
+    seed), paired on the seeds both ran. `floor` = (the baseline's accuracy in %, classes, test
+    images): a baseline that cannot be told from chance makes the comparison `uninformative`."""
     differences = (ours - theirs).dropna()  # aligned on the seed index: only seeds both ran pair up
     n = len(differences)
     if n < MIN_SEEDS:
         mean = float(differences.mean()) if n else math.nan
-        return "inconclusive", f"{mean:+.2f} vs {baseline} ({n} paired seed{'s' * (n != 1)})"
-    mean, low, high = paired_interval(differences)
-    verdict = "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
-    return verdict, f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] vs {baseline}"
+        verdict, text = "inconclusive", f"{mean:+.2f} vs {baseline} ({n} paired seed{'s' * (n != 1)})"
+    else:
+        mean, low, high = paired_interval(differences)
+        verdict = "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
+        text = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] vs {baseline}"
+    if floor is not None:
+        told, p = chance_test(*floor)
+        if not told:
+            return "uninformative", f"{text} ({baseline} at chance: {chance_text(*floor, p)})"
+    return verdict, text
 
 
 def combine(verdicts: list[str]) -> str:
-    """A claim against several baselines holds only if it holds against each."""
-    if "fails" in verdicts:
-        return "fails"
-    return "holds" if verdicts and all(v == "holds" for v in verdicts) else "inconclusive"
+    """A claim against several baselines holds only if it holds against each: it fails where it fails
+    against one; else it is inconclusive where a difference is, uninformative where a baseline is at
+    chance (so a claim that holds only against baselines at chance does not hold)."""
+    for verdict in ("fails", "inconclusive", "uninformative"):
+        if verdict in verdicts:
+            return verdict
+    return "holds" if verdicts else "inconclusive"
+
+
+def setting_sizes(final: pd.DataFrame | None, setting: Mapping[str, Any]) -> tuple[float, float]:
+    """(classes, test images) of a setting's cells (final.csv's columns; NaN in a table from before
+    they were recorded, which `chance_test` does not test)."""
+    if final is None or not {"classes", "test_images"} <= set(final.columns):
+        return math.nan, math.nan
+    keys = [k for k in SETTING_KEYS if k in setting and k in final]
+    cells = final[functools.reduce(operator.and_, (final[k] == setting[k] for k in keys))] if keys else final
+    return float(cells["classes"].max()), float(cells["test_images"].max())
 
 
 def settings(frame: pd.DataFrame, where: Mapping[str, Any]) -> list[dict]:
@@ -93,17 +116,21 @@ def per_seed(frame: pd.DataFrame, setting: dict, method: str, column: str) -> pd
 
 def early_gain(curve: pd.DataFrame) -> pd.DataFrame:
     """Per cell: the mean gain over the pretrained agents across the first 10 % of rounds (at least
-    the first), in points: mean_{r ≤ k} acc(r) − acc(0), k = max(1, ⌊R/10⌋)."""
+    the first), in points: mean_{r ≤ k} acc(r) − acc(0), k = max(1, ⌊R/10⌋); and that mean accuracy
+    itself (`early_pct`, %: what the chance test reads)."""
     keys = SETTING_KEYS + ["method", "seed"]
     rounds = curve.groupby(keys)["round"].transform("max")
     initial = curve[curve["round"] == 0].set_index(keys)["test_acc"]
     early = curve[(curve["round"] >= 1) & (curve["round"] <= (rounds // 10).clip(lower=1))]
-    gain = 100 * (early.groupby(keys)["test_acc"].mean() - initial)
-    return gain.rename("gain").reset_index()
+    mean = early.groupby(keys)["test_acc"].mean()
+    return pd.DataFrame({"gain": 100 * (mean - initial), "early_pct": 100 * mean}).reset_index()
 
 
-def against_baselines(claim: dict, setting: dict, values: pd.DataFrame, column: str, what: str) -> dict:
-    """The row of a "method beats its baselines" claim in one setting."""
+def against_baselines(claim: dict, setting: dict, values: pd.DataFrame, column: str, what: str,
+                      accuracy: str, sizes: tuple[float, float]) -> dict:
+    """The row of a "method beats its baselines" claim in one setting; `accuracy` is the column of
+    `values` (in %) whose mean over seeds the chance test reads for each baseline, `sizes` the
+    setting's (classes, test images)."""
     method = claim["method"]
     ours_values = per_seed(values, setting, method, column)
     present = [b for b in claim["baselines"] if len(per_seed(values, setting, b, column))]
@@ -116,7 +143,8 @@ def against_baselines(claim: dict, setting: dict, values: pd.DataFrame, column: 
         return row | {"ours": "–", "verdict": "inconclusive",
                       "reason": f"{', '.join(broken)} diverged or failed in some seeds here: no {what} to compare"}
     theirs = {b: per_seed(values, setting, b, column) for b in present}
-    judged = [compare(ours_values, theirs[b], b) for b in present]
+    judged = [compare(ours_values, theirs[b], b, (float(per_seed(values, setting, b, accuracy).mean()), *sizes))
+              for b in present]
     missing = [b for b in claim["baselines"] if b not in present]
     reason = (f"{what}, {method} minus each baseline in points, paired by seed, with its {LEVEL:.0%} "
               "t-interval: " + ", ".join(r for _, r in judged))
@@ -153,13 +181,15 @@ def higher_final(claim: dict, results: Mapping[str, pd.DataFrame], references: d
             rows.append({"setting": setting_label(setting), "ours": "–", "reference": "unknown", "verdict": "not run",
                          "reason": "its cells ran without the final merge (final_merge: false)"})
             continue
-        rows.append(against_baselines(claim, setting, final, "final_pct", MEASURES[measure]))
+        rows.append(against_baselines(claim, setting, final, "final_pct", MEASURES[measure], "final_pct",
+                                      setting_sizes(final, setting)))
     return rows
 
 
 def larger_early_gain(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
     gains = early_gain(results["curves"])
-    return [against_baselines(claim, s, gains, "gain", "early gain over the pretrained agents")
+    return [against_baselines(claim, s, gains, "gain", "early gain over the pretrained agents", "early_pct",
+                              setting_sizes(results.get("final"), s))
             for s in settings(gains, claim.get("where", {}))]
 
 
@@ -188,23 +218,32 @@ def matches_reference(claim: dict, results: Mapping[str, pd.DataFrame], referenc
 
 
 def fewer_messages(claim: dict, results: Mapping[str, pd.DataFrame], references: dict) -> list[dict]:
-    table, rows = perfect_network_rows(results["communication"]), []
-    for (dataset, model, width), frame in table.groupby(["dataset", "model", "width"], sort=True):
-        label = f"{dataset} {model} ×{width}, N ∈ {sorted(frame['agents'].unique().tolist())}, " \
-                f"{'/'.join(sorted(frame['topology'].unique()))}"
-        wide = frame.pivot_table(index=["agents", "topology"], columns="method", values="messages_per_epoch")
-        row = {"setting": label, "reference": claim.get("reference_text", "unknown")}
-        present = [b for b in claim["baselines"] if b in wide.columns]
-        if claim["method"] not in wide.columns or not present:
-            rows.append(row | {"ours": "–", "verdict": "not run", "reason": "the grid lacks the methods"})
+    """Per setting the grid ran: the messages each method's cells counted (final.csv's
+    `messages_per_agent`, sent, mean over the seeds' complete cells), the method's against each
+    baseline's; never from agent counts no cell ran (the communication table is analytic). The
+    paper-scale ratio is the reference (`reference_text`)."""
+    final = results.get("final")
+    if final is None or "messages_per_agent" not in final:
+        return []
+    ran = final[final["status"] == "complete"] if "status" in final else final
+    rows = []
+    for setting in settings(ran, claim.get("where", {})):
+        cells = ran[functools.reduce(operator.and_, (ran[k] == v for k, v in setting.items()))]
+        sent = cells.groupby("method")["messages_per_agent"].mean()
+        row = {"setting": setting_label(setting), "reference": claim.get("reference_text", "unknown")}
+        present = [b for b in claim["baselines"] if b in sent.index]
+        if claim["method"] not in sent.index or not present:
+            missing = [m for m in [claim["method"], *claim["baselines"]] if m not in sent.index]
+            rows.append(row | {"ours": "–", "verdict": "not run", "reason": f"the grid has no {', '.join(missing)} cells here"})
             continue
-        ours = wide[claim["method"]]
-        ratio = wide[present].min(axis=1) / ours
-        not_fewer = bool(wide[present].le(ours, axis=0).to_numpy().any())
-        rows.append(row | {"ours": f"{', '.join(present)} send {ratio.min():.0f}× to {ratio.max():.0f}× as many "
-                                   f"messages per epoch as {claim['method']}",
-                           "verdict": "fails" if not_fewer else "holds",
-                           "reason": "messages per epoch over the whole network, from each method's schedule"})
+        ours = float(sent[claim["method"]])
+        counted = "; ".join(f"{m} {float(sent[m]):,.0f}" for m in [claim["method"], *present])
+        ratios = [float(sent[b]) / ours if ours else math.inf for b in present]
+        fewer = all(float(sent[b]) > ours for b in present)
+        rows.append(row | {"ours": f"messages per agent per run, counted by the cells: {counted}",
+                           "verdict": "holds" if fewer else "fails",
+                           "reason": f"{', '.join(present)} sent {min(ratios):.3g}× to {max(ratios):.3g}× as many messages "
+                                     f"as {claim['method']} (mean over the seeds' complete cells)"})
     return rows
 
 
@@ -224,7 +263,8 @@ def merge_beats_agents(claim: dict, results: Mapping[str, pd.DataFrame], referen
                                    "reason": "its cells ran without the final merge (final_merge: false) or did not "
                                              "complete"})
                 continue
-            verdict, text = compare(merged, agents, "the agents")
+            verdict, text = compare(merged, agents, "the agents",
+                                    (float(agents.mean()), *setting_sizes(final, setting)))
             reason = (f"the {claim['variant']} final merge minus the agents' mean after training, in points, paired by "
                       f"seed, with its {LEVEL:.0%} t-interval: {text}")
             if len((merged - agents).dropna()) < MIN_SEEDS:

@@ -177,6 +177,8 @@ def estimate(argv: list[str]) -> int:
                         help="engine jobs at once, for the wall time (default: cores / threads)")
     parser.add_argument("--no-calibrate", action="store_true", help="count images and FLOPs only")
     parser.add_argument("--csv", metavar="FILE", help="also write one row per group of equal jobs here")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="price every cell, as if the config reused no bundle (--config 'reuse=[]')")
     args = parser.parse_args(argv)
     from .devices import check_device
     from .grid import load_pipeline_config
@@ -188,6 +190,7 @@ def estimate(argv: list[str]) -> int:
             raise ConfigError("--threads/--jobs", (args.threads, args.jobs), "whole numbers >= 1")
         check_device(args.device)
         config = load_pipeline_config(args.configfile)
+        config["reuse"] = [] if args.no_reuse else config.get("reuse", [])
         result = cost.estimate(config, args.device, args.threads, not args.no_calibrate,
                                progress=lambda message: print(message, file=sys.stderr, flush=True))
     except ConfigError as error:

@@ -155,6 +155,8 @@ def _catalogue(methods: tuple[str, ...], models: tuple[str, ...]) -> dict:
             "run_keys": {key: run_defaults[key] for key in RUN_KEYS}, "cell_keys": list(CellConfig.keys()),
             "pretrain_keys": cfg.keys(PretrainConfig),
             "pretrain_defaults": cfg.to_dict(cfg.from_dict(PretrainConfig, {})), "methods": methods, "datasets": DATASETS.names(),
+            "dataset_sizes": {name: {"classes": DATASETS.get(name).num_classes, "test_images": DATASETS.get(name).test_images}
+                              for name in DATASETS.names()},
             "splits": SPLITS.names(), "topologies": GRAPHS.names(), "models": list(models)}
 
 

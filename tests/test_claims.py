@@ -104,15 +104,99 @@ def test_the_reference_value(accs, rounds, verdict):
     assert verdicts(data, final=final({"dimat": accs}))[0] == ["not run"]  # the grid lacks R1's setting
 
 
-def test_fewer_messages():
-    merge = {(5, "ring"): 5.0, (5, "fc"): 10.0}
-    gossip = {(5, "ring"): 1000.0, (5, "fc"): 2000.0}
-    result, table = verdicts(one_claim("fewer_messages", baselines=["sgp", "cdsgd"]), communication=communication(
-        {"dimat": merge, "wa": merge, "sgp": gossip}))
-    assert result == ["holds"] and "200× to 200×" in table["ours"][0]
-    worse = {(5, "ring"): 5.0, (5, "fc"): 2000.0}
-    assert verdicts(one_claim("fewer_messages", baselines=["sgp", "cdsgd"]), communication=communication(
-        {"dimat": merge, "wa": merge, "sgp": worse}))[0] == ["fails"]
+def sent(messages: dict, setting=SETTING) -> pd.DataFrame:
+    """A final table's messages: method -> per-seed messages sent per agent (accuracies far from chance)."""
+    return pd.DataFrame([setting | {"method": m, "seed": seed, "rounds": 3, "initial_acc": 0.3, "paper_acc": 0.4,
+                                    "messages_per_agent": v, "status": "complete"}
+                         for m, values in messages.items() for seed, v in enumerate(values)])
+
+
+def test_fewer_messages_reads_the_messages_the_cells_counted_never_an_agent_count_no_cell_ran():
+    claim = one_claim("fewer_messages", baselines=["sgp", "cdsgd"])
+    many_agents = communication({"dimat": {(20, "ring"): 100.0}, "sgp": {(20, "ring"): 40.0}})  # dimat sends more
+    result, table = verdicts(claim, final=sent({"dimat": [6, 6, 6], "wa": [6, 6, 6], "sgp": [120, 120, 121]}),
+                             communication=many_agents)
+    assert result == ["holds"] and table["setting"][0] == "CIFAR-10 resnet20×1 N=5 iid ring"
+    assert table["ours"][0] == "messages per agent per run, counted by the cells: dimat 6; sgp 120"
+    assert table["reason"][0].startswith("sgp sent 20.1× to 20.1× as many messages as dimat")
+    assert verdicts(claim, final=sent({"dimat": [6, 6], "sgp": [6, 6]}))[0] == ["fails"]  # equal is not fewer
+    assert verdicts(claim, final=sent({"dimat": [6], "wa": [6]}))[0] == ["not run"]
+    assert verdicts(claim, communication=many_agents)[0] == ["not run"]  # no cell ran: no verdict
+
+
+def test_c5_on_the_quick_grid_reads_its_cells_counted_messages():
+    """bundle/quick's final.csv: C5 per setting from the messages its cells counted."""
+    from pathlib import Path
+
+    final_table = pd.read_csv(Path(__file__).resolve().parents[1] / "bundle" / "quick" / "tables" / "final.csv",
+                              comment="#")
+    c5 = next(c for c in load_claims()["claims"] if c["id"] == "C5")
+    table = claims_table({"final": final_table, "curves": None, "communication": None},
+                         {"claims": [c5], "references": {}})
+    assert len(table) == 4 and set(table["verdict"]) == {"holds"}  # iid/noniid × ring/fc
+    ring = final_table[(final_table["topology"] == "ring") & (final_table["split"] == "iid")].set_index("method")
+    row = table[table["setting"] == "CIFAR-10 resnet20×1 N=5 iid ring"].iloc[0]
+    assert row["ours"] == ("messages per agent per run, counted by the cells: "
+                           + "; ".join(f"{m} {ring.loc[m, 'messages_per_agent']:,.0f}" for m in ("dimat", "sgp", "cdsgd")))
+    assert ring.loc["sgp", "messages_per_agent"] > ring.loc["dimat", "messages_per_agent"]
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, p), summed term by term (independent of scipy)."""
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def test_the_chance_test_is_the_exact_one_sided_binomial_tail_on_the_test_images():
+    from dimat_bench.aggregate import chance_test
+
+    told, p = chance_test(12.25, 10, 400)  # 49 of 400 against 40 expected: p ≈ 0.08, not told from chance
+    assert not told and p == pytest.approx(binomial_tail(49, 400, 0.1), rel=1e-9)
+    told, p = chance_test(13.5, 10, 400)  # 54 of 400: p ≈ 0.015
+    assert told and p == pytest.approx(binomial_tail(54, 400, 0.1), rel=1e-9)
+    assert chance_test(12.25, 10, 10_000)[0]  # the same accuracy on 10,000 images is told from chance
+    assert not chance_test(1.2, 100, 500)[0] and chance_test(3.0, 100, 500)[0]  # CIFAR-100: chance is 1 %
+    assert chance_test(10.0, 10, float("nan")) == (True, pytest.approx(float("nan"), nan_ok=True))  # unknown size
+
+
+def sized(frame: pd.DataFrame, test_images=400, classes=10) -> pd.DataFrame:
+    return frame.assign(test_images=test_images, classes=classes)
+
+
+def test_a_win_over_a_baseline_at_chance_is_uninformative_not_holds():
+    """dimat 25-27 % against SGP and WA at 10 %: `holds` on a table without the test set's size (as
+    before), `uninformative` with it; and a claim that holds against one informative baseline and
+    only an at-chance one besides does not hold."""
+    values = {"dimat": [25, 26, 27], "wa": [10.0, 10.25, 9.75], "sgp": [10, 10, 10]}
+    claim = one_claim("higher_final")
+    assert verdicts(claim, final=final(values))[0] == ["holds"]
+    result, table = verdicts(claim, final=sized(final(values)))
+    assert result == ["uninformative"]
+    p = binomial_tail(40, 400, 0.1)  # 40 of 400 right: what chance gives on average
+    assert f"vs sgp (sgp at chance: 10.00 % (chance 10 %; p = {p:.2f}, one-sided binomial test on 400 test images))" \
+        in table["reason"][0]
+    assert verdicts(claim, final=sized(final(values | {"wa": [20, 20.5, 21]})))[0] == ["uninformative"]
+    assert verdicts(claim, final=sized(final(values | {"wa": [20, 20.5, 21], "sgp": [15, 15.5, 16]})))[0] == ["holds"]
+    assert verdicts(claim, final=sized(final(values | {"wa": [40, 41, 42]})))[0] == ["fails"]  # a real loss counts
+    assert verdicts(claim, final=sized(final(values), test_images=10_000))[0] == ["uninformative"]
+    assert verdicts(claim, final=sized(final(values | {"sgp": [12.5, 12.5, 12.5], "wa": [12.5, 12.5, 12.5]}),
+                                        test_images=10_000))[0] == ["holds"]  # 12.5 % is off chance on 10,000
+
+
+def test_an_early_gain_over_a_baseline_at_chance_is_uninformative():
+    claim = one_claim("larger_early_gain")
+    runs = curves({"dimat": [[30, 35, 36]] * 3, "wa": [[30, 10, 11]] * 3, "sgp": [[30, 10.5, 10]] * 3})
+    at_chance = sized(final({"dimat": [35] * 3, "wa": [10] * 3, "sgp": [10] * 3}))
+    assert verdicts(claim, curves=runs, final=at_chance)[0] == ["uninformative"]
+    assert verdicts(claim, curves=runs)[0] == ["holds"]  # no test set size: no chance test, as before
+
+
+def test_the_main_table_marks_an_entry_at_chance_and_says_what_the_mark_means():
+    from dimat_bench.aggregate import CHANCE_NOTE, main_table, to_markdown
+
+    frame = sized(final({"dimat": [25, 26, 27], "sgp": [10, 10, 10.5]})).assign(status="complete")
+    text = to_markdown(main_table(frame))
+    assert "| sgp | 10.17 ± 0.29 † |" in text and "| dimat | **26.00 ± 1.00** |" in text and CHANCE_NOTE in text
+    assert "†" not in to_markdown(main_table(final({"dimat": [25, 26, 27], "sgp": [10, 10, 10.5]})))
 
 
 def test_the_shipped_claims_are_the_papers_seven_and_zhu_et_al_s_with_known_checks_and_sources():

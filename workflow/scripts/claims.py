@@ -22,7 +22,10 @@ with workflow_job("claims", snakemake.log[0]):
              "merged): "
              "a difference between methods holds / fails when its 95 % paired t-interval over seeds (differences "
              "paired by seed) lies wholly above / below zero, and is inconclusive when it contains zero or fewer "
-             "than 3 seeds pair up; a reference holds within its tolerance; not run = the grid lacks the cells. "
+             "than 3 seeds pair up; it is uninformative when the baseline cannot be told from chance (an exact one-sided "
+             "binomial test on the test images, docs/benchmark.md#chance), and a claim that holds only against such "
+             "baselines does not hold; C5 counts the messages the cells sent; a reference holds within its "
+             "tolerance; not run = the grid lacks the cells. "
              "References are the only ones known; "
              "\"unknown\" is never replaced by a guess."
              + (f" Cells: {restored}." if restored else "") + "\n\n")
