@@ -92,7 +92,7 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
     expected = list(expected) if expected is not None else [None] * len(cell_dirs)
     if len(expected) != len(cell_dirs):
         raise ValueError(f"{len(cell_dirs)} cell directories but {len(expected)} expected cells")
-    rows, fingerprints = [], {}
+    rows, fingerprints, sizes = [], {}, catalogue()["dataset_sizes"]  # read once, not per cell
     for directory, cell in zip(cell_dirs, expected):
         meta, damaged = read_cell(directory)
         status = "damaged" if damaged else "missing" if meta is None else meta.get("status", "complete")
@@ -115,16 +115,16 @@ def cell_status(cell_dirs: Iterable[str | Path], expected: Iterable[Mapping] | N
         gap = (meta.get("topology") or {}).get("spectral_gap")  # 1 − |λ₂| (a time-varying graph: expected)
         rows.append(settings | {"status": status, "detail": detail, "path": str(directory),
                                 "spectral_gap": float("nan") if gap is None else float(gap), "restored": restored}
-                    | evaluation_size(meta))
+                    | evaluation_size(meta, sizes))
     return pd.DataFrame(rows, columns=CELL_KEYS + ["status", "detail", "path", "spectral_gap", "restored", "classes",
                                                    "test_images"])
 
 
-def evaluation_size(meta: dict) -> dict:
+def evaluation_size(meta: dict, sizes: Mapping[str, Mapping]) -> dict:
     """The classes of a cell's dataset and the test images it evaluated on (its own `test_size`, else
-    its pretraining's, else the dataset's whole test set), what `chance_test` needs."""
-    dataset = meta["pretrained"]["config"]["dataset"]
-    size = catalogue()["dataset_sizes"].get(dataset, {})
+    its pretraining's, else the dataset's whole test set; `sizes`: the catalogue's `dataset_sizes`),
+    what `chance_test` needs."""
+    size = sizes.get(meta["pretrained"]["config"]["dataset"], {})
     test = meta["config"].get("test_size") or meta["pretrained"]["config"].get("test_size") or size.get("test_images")
     return {"classes": size.get("classes", float("nan")), "test_images": float("nan") if test is None else int(test)}
 
@@ -148,10 +148,9 @@ def chance_test(accuracy_pct: float, classes, test_images) -> tuple[bool, float]
 
 
 def chance_text(accuracy_pct: float, classes, test_images, p: float) -> str:
-    """"ends at chance: 10.00 % (chance 10 %; p = 0.52, one-sided binomial test on 500 test images)"."""
+    """"10.00 % (chance 10 %; p = 0.52, one-sided binomial test on 500 test images)"."""
     return (f"{accuracy_pct:.2f} % (chance {100 / float(classes):.3g} %; p = {p:.2f}, one-sided binomial test on "
             f"{int(test_images)} test images)")
-
 
 
 def check_fingerprint(seen: dict, dataset: str, meta: dict, directory: Path) -> None:
@@ -295,8 +294,8 @@ def main_table(final: pd.DataFrame, point: str = "paper") -> pd.DataFrame:
                          initial_pct=100 * final["initial_acc"])
     if "status" not in final:
         final = final.assign(status="complete")
-    for column in ("classes", "test_images"):  # a table from before they were recorded: no chance test
-        final = final if column in final else final.assign(**{column: float("nan")})
+    # a table from before the sizes were recorded: NaN, which chance_test does not test
+    final = final.assign(**{c: float("nan") for c in ("classes", "test_images") if c not in final})
     grouped = final.groupby(["method", "setting"], sort=True)
     table = pd.DataFrame({"mean": grouped["final_pct"].mean(), "std": grouped["final_pct"].std(ddof=1),
                           "seeds": grouped.size(), "note": grouped["status"].agg(status_note),
@@ -355,7 +354,7 @@ def final_merge_markdown(table: pd.DataFrame, caption_text: str = "", status: pd
         wide = _formatted(rows, lambda s: f"**{s}**")
         wide = wide[[c for c in FINAL_MERGE_COLUMNS.values() if c in wide.columns]]
         parts += [f"**{setting}**", markdown_table(wide.reset_index()).rstrip("\n")]
-    parts += [chance_note(table).rstrip("\n")] if chance_note(table) else []
+    parts += [CHANCE_NOTE] if chance_note(table) else []
     listed = incomplete_cells(status) if status is not None else ""
     return "\n\n".join(parts + ([listed.rstrip("\n")] if listed else [])) + "\n"
 
@@ -463,8 +462,8 @@ def chance_note(table: pd.DataFrame) -> str:
 
 
 def to_markdown(table: pd.DataFrame, caption_text: str = "", status: pd.DataFrame | None = None) -> str:
-    body = markdown_table(_formatted(table, lambda s: f"**{s}**").reset_index())
-    body += f"\n{chance_note(table)}" if chance_note(table) else ""
+    note = chance_note(table)
+    body = markdown_table(_formatted(table, lambda s: f"**{s}**").reset_index()) + (f"\n{note}" if note else "")
     listed = incomplete_cells(status) if status is not None else ""
     body = f"{body}\n{listed}" if listed else body
     return f"{caption_text}\n\n{body}" if caption_text else body
@@ -479,7 +478,7 @@ def to_latex(table: pd.DataFrame, caption_text: str = "") -> str:
         r"\begin{tabular}{" + columns + "}", r"\toprule",
         "method & " + " & ".join(c.replace("_", r"\_") for c in wide.columns) + r" \\", r"\midrule"]
     lines += [method.replace("_", r"\_") + " & " + " & ".join(row) + r" \\" for method, row in wide.iterrows()]
-    lines += [r"\bottomrule", r"\end{tabular}"] + ([f"% {chance_note(table).strip()}"] if chance_note(table) else [])
+    lines += [r"\bottomrule", r"\end{tabular}"] + ([f"% {CHANCE_NOTE}"] if chance_note(table) else [])
     return "\n".join(lines) + "\n"
 
 
